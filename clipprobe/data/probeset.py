@@ -1,0 +1,246 @@
+"""Probe sets on disk: clipprobe's own folder format and the study's published layout.
+
+clipprobe's format (DESIGN.md)::
+
+    DIR/manifest.json            kind, generator version, seed, sizes, vocabulary, layouts
+    DIR/references/<name>.png    one object alone, centred, at the small size
+    DIR/scenes/<group>/<id>.png  multi-object scenes; <group> is e.g. ``3obj_large1`` or ``3obj_equal``
+    DIR/metadata.jsonl           one row per scene (``file_name`` relative to DIR, so Hugging Face's
+                                 imagefolder loads the folder as it is)
+
+The study's release (PROBES.md, section 1): folders such as ``CoCo-ThreeObject-BRBig`` whose file
+names list the objects in slot order joined by ``_``, and references in ``CoCo-OneObject/``.
+``ProbeSet.load`` reads either.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipprobe.errors import UserError
+
+MANIFEST = "manifest.json"
+METADATA = "metadata.jsonl"
+
+# Slot names in order, per number of objects (PROBES.md, section 1).
+SLOT_NAMES: dict[int, tuple[str, ...]] = {
+    1: ("center",),
+    2: ("left", "right"),
+    3: ("upper_left", "middle", "bottom_right"),
+    4: ("upper_left", "upper_right", "bottom_left", "bottom_right"),
+    5: ("upper_left", "upper_right", "center", "bottom_left", "bottom_right"),
+}
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object in a scene. ``bbox`` is ``(x0, y0, x1, y1)`` in pixels (x1, y1 exclusive);
+    ``area`` counts the object's opaque pixels. Both are ``None`` where the source does not say
+    (the published layout). ``is_large`` is ``None`` where the size roles are unknown."""
+
+    name: str
+    slot: int
+    bbox: tuple[int, int, int, int] | None = None
+    area: int | None = None
+    is_large: bool | None = False
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> SceneObject:
+        bbox = row.get("bbox")
+        return cls(
+            name=row["name"],
+            slot=int(row["slot"]),
+            bbox=tuple(int(v) for v in bbox) if bbox is not None else None,  # type: ignore[arg-type]
+            area=row.get("area"),
+            is_large=row.get("is_large"),
+        )
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A multi-object scene: objects in slot order. ``variant`` is ``large`` (one large object)
+    or ``equal`` (all one size)."""
+
+    file_name: str
+    n: int
+    variant: str
+    objects: tuple[SceneObject, ...]
+    scene_id: str = ""
+
+    @property
+    def layout(self) -> str:
+        return f"{self.n}obj"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.objects)
+
+    @property
+    def large(self) -> SceneObject | None:
+        """The large object, or None for equal-size scenes and unknown roles."""
+        return next((o for o in self.objects if o.is_large), None)
+
+    @property
+    def large_slot(self) -> int | None:
+        big = self.large
+        return big.slot if big is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["layout"] = self.layout
+        row["objects"] = [{**asdict(o), "bbox": list(o.bbox) if o.bbox else None} for o in self.objects]
+        return row
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> Scene:
+        objects = tuple(SceneObject.from_json(o) for o in row["objects"])
+        return cls(
+            file_name=row["file_name"],
+            n=int(row.get("n", len(objects))),
+            variant=row.get("variant", "large" if any(o.is_large for o in objects) else "equal"),
+            objects=objects,
+            scene_id=row.get("scene_id", ""),
+        )
+
+
+@dataclass
+class ProbeSet:
+    """A loaded probe set: where it is, its vocabulary, one reference image per object, and scenes."""
+
+    root: Path
+    kind: str
+    vocabulary: list[str]
+    references: dict[str, Path]
+    scenes: list[Scene]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name") or self.root.name
+
+    def path(self, scene: Scene) -> Path:
+        return self.root / scene.file_name
+
+    def counts(self) -> list[int]:
+        """The numbers of objects present, sorted."""
+        return sorted({s.n for s in self.scenes})
+
+    def by_n(self) -> dict[int, list[Scene]]:
+        groups: dict[int, list[Scene]] = defaultdict(list)
+        for s in self.scenes:
+            groups[s.n].append(s)
+        return dict(sorted(groups.items()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProbeSet:
+        """Read clipprobe's own folder (with ``manifest.json``) or the study's published layout.
+
+        Raises:
+            UserError: the folder is missing, or is neither format.
+        """
+        root = Path(path)
+        if not root.is_dir():
+            raise UserError(f"probe set {root} does not exist; generate one with 'clipprobe data comco --out {root}'")
+        if (root / MANIFEST).is_file():
+            return _load_own(root)
+        if any(_PUBLISHED_DIR.match(p.name) for p in root.iterdir() if p.is_dir()):
+            return _load_published(root)
+        raise UserError(
+            f"{root} is not a probe set (no {MANIFEST}, no folders like CoCo-ThreeObject-BRBig); "
+            "point --probe-set at a folder made by 'clipprobe data comco|simco' or at the study's release"
+        )
+
+
+def _load_own(root: Path) -> ProbeSet:
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        rows = [json.loads(ln) for ln in (root / METADATA).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"probe set {root} is unreadable ({e}); regenerate it with --overwrite") from None
+    refs = {name: root / "references" / f"{name}.png" for name in manifest.get("objects", [])}
+    missing = [n for n, p in refs.items() if not p.is_file()]
+    if missing:
+        raise UserError(f"probe set {root} lacks reference images for {', '.join(missing[:5])}; regenerate it")
+    return ProbeSet(
+        root=root,
+        kind=manifest.get("kind", "unknown"),
+        vocabulary=list(manifest.get("vocabulary") or manifest.get("objects", [])),
+        references=refs,
+        scenes=[Scene.from_json(r) for r in rows],
+        manifest=manifest,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The study's published layout.
+
+_PUBLISHED_DIR = re.compile(r"^(?P<set>[A-Za-z]+)-(?P<count>One|Two|Three|Four|Five)Object(?:-(?P<where>.*))?$")
+_COUNTS = {"One": 1, "Two": 2, "Three": 3, "Four": 4, "Five": 5}
+
+
+def _published_large_slot(where: str, n: int) -> int | None:
+    """Which slot a folder's suffix marks as large (``BRBig`` = last, ``Middle-Big`` = centre,
+    ``ULBig`` = first); None where the suffix names no slot of this layout."""
+    key = re.sub(r"[-_]?big$", "", where, flags=re.IGNORECASE).lower().replace("-", "_")
+    aliases = {"ul": "upper_left", "ur": "upper_right", "bl": "bottom_left", "br": "bottom_right",
+               "l": "left", "r": "right", "m": "middle", "center": "center", "centre": "center"}  # fmt: skip
+    key = aliases.get(key, key)
+    slots = SLOT_NAMES.get(n, ())
+    if key in ("middle", "center"):
+        for alt in ("middle", "center"):
+            if alt in slots:
+                return slots.index(alt)
+        return None
+    return slots.index(key) if key in slots else None
+
+
+def split_object_names(stem: str, known: set[str]) -> list[str] | None:
+    """Split a published file stem (``traffic light_plate_axe``) into known names, in order.
+
+    Names may themselves hold ``_`` or spaces, so this finds the split whose every part is known
+    (``_`` and space are treated alike). Returns None if there is none.
+    """
+    norm = {k.replace("_", " ").lower(): k for k in known}
+    parts = stem.split("_")
+    best: dict[int, list[str]] = {0: []}
+    for i in range(len(parts)):
+        if i not in best:
+            continue
+        for j in range(i + 1, len(parts) + 1):
+            cand = " ".join(parts[i:j]).lower()
+            if cand in norm and j not in best:
+                best[j] = best[i] + [norm[cand]]
+    return best.get(len(parts))
+
+
+def _load_published(root: Path) -> ProbeSet:
+    dirs = {p: _PUBLISHED_DIR.match(p.name) for p in sorted(root.iterdir()) if p.is_dir()}
+    dirs = {p: m for p, m in dirs.items() if m}
+    ref_dirs = [p for p, m in dirs.items() if m["count"] == "One"]
+    if not ref_dirs:
+        raise UserError(f"published probe set {root} has no *-OneObject folder of references")
+    refs = {p.stem: p for d in ref_dirs for p in sorted(d.glob("*.png"))}
+    scenes: list[Scene] = []
+    for d, m in dirs.items():
+        n = _COUNTS[m["count"]]
+        if n == 1:
+            continue
+        large = _published_large_slot(m["where"] or "", n)
+        for img in sorted(d.glob("*.png")):
+            names = split_object_names(img.stem, set(refs))
+            if names is None or len(names) != n:
+                raise UserError(
+                    f"cannot read objects from {img.relative_to(root)}: expected {n} reference names joined by '_'"
+                )
+            objs = tuple(
+                SceneObject(name=nm, slot=k, is_large=(k == large) if large is not None else None)
+                for k, nm in enumerate(names)
+            )
+            scenes.append(Scene(str(img.relative_to(root)), n, "large", objs, scene_id=f"{d.name}/{img.stem}"))
+    kind = "comco" if any(m["set"].lower() == "coco" for m in dirs.values()) else "simco"
+    return ProbeSet(root, kind, sorted(refs), refs, scenes, {"kind": kind, "format": "published", "name": root.name})
