@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,9 +66,12 @@ def _param_types(fn: Callable[..., typing.Any]) -> dict[str, typing.Any]:
 
 
 def _is_list_type(tp: typing.Any) -> bool:
-    if typing.get_origin(tp) in (list, tuple, Sequence):
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple, Sequence):
         return True
-    return any(_is_list_type(a) for a in typing.get_args(tp)) if typing.get_origin(tp) is typing.Union else False
+    if origin is typing.Union or origin is types.UnionType:  # Optional[list[int]], list[int] | None
+        return any(_is_list_type(a) for a in typing.get_args(tp))
+    return False
 
 
 def normalize_argv(argv: list[str], fn: Callable[..., typing.Any] | None = None) -> list[str]:
