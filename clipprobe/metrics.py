@@ -1,0 +1,241 @@
+"""Streaming tallies of the probes as torchmetrics ``Metric`` classes (sum-reduced, so the training
+callback can split probe work across DDP ranks), each a thin class over pure functions.
+
+Following torchmetrics: ``_x_update`` returns a batch's counts, ``_x_compute`` the formula; the
+probes in :mod:`clipprobe.probes` call the same pure functions, so the class and the probe agree.
+
+- :class:`PositionShareTally` (TOR, IOR, I2TOR): per query, similarities to every reference
+  ``[B, V]`` and the query's own objects ``[B, n]`` in position (or role) order.
+- :class:`PreferenceTally` (ITM): scores of a right and a wrong candidate; wins and ties.
+- :class:`AccuracyTally` (TOC, IOC): predicted and true labels.
+- :class:`MeanTally` (attention): sum, sum of squares and count of a continuous value.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+
+def _check_n(n: int) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"number of objects n must be a positive int, got {n!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Position shares (TOR / IOR / I2TOR).
+
+
+def _position_share_update(sims: Tensor, objects: Tensor) -> dict[str, Tensor]:
+    """Counts for one batch of queries.
+
+    Args:
+        sims: ``[B, V]`` similarity of each query to every reference.
+        objects: ``[B, n]`` reference indices of each query's own objects, in position order
+            (o_1..o_n); distinct within a row.
+
+    Returns:
+        ``total`` (B), ``hits`` (T_n, the n nearest references, equals the own objects as a set),
+        ``top1_hits[k]`` (hits whose nearest reference is o_k), ``top1_all[k]`` (any query whose
+        nearest reference is o_k), ``closest[k]`` (o_k is the most similar among the own objects).
+        All int64.
+    """
+    if sims.ndim != 2 or objects.ndim != 2 or sims.shape[0] != objects.shape[0]:
+        raise ValueError(f"expected sims [B, V] and objects [B, n], got {tuple(sims.shape)} and {tuple(objects.shape)}")
+    b, n = objects.shape
+    objects = objects.long()
+    top_n = sims.topk(n, dim=1).indices  # [B, n]
+    hit = (top_n.sort(dim=1).values == objects.sort(dim=1).values).all(dim=1)  # [B]
+    top1 = sims.argmax(dim=1, keepdim=True)  # [B, 1]
+    is_top1 = objects == top1  # [B, n]; at most one True per row
+    own = sims.gather(1, objects)  # [B, n]
+    closest = torch.nn.functional.one_hot(own.argmax(dim=1), n)  # [B, n]
+    return {
+        "total": torch.tensor(b, dtype=torch.long),
+        "hits": hit.sum().long(),
+        "top1_hits": (is_top1 & hit[:, None]).sum(dim=0).long(),
+        "top1_all": is_top1.sum(dim=0).long(),
+        "closest": closest.sum(dim=0).long(),
+    }
+
+
+def _position_share_compute(counts: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Shares from counts: ``hit_rate = hits/total``, ``share[k] = top1_hits[k]/hits``,
+    ``share_all[k] = top1_all[k]/total``, ``closest[k] = closest[k]/total``,
+    ``bias_index = (closest[0] - 1/n)/(1 - 1/n)``. Zero denominators give NaN."""
+    total = counts["total"].double()
+    hits = counts["hits"].double()
+    n = counts["closest"].numel()
+    closest = counts["closest"].double() / total
+    bias = (closest[0] - 1.0 / n) / (1.0 - 1.0 / n) if n > 1 else torch.tensor(float("nan"))
+    return {
+        "hit_rate": hits / total,
+        "share": counts["top1_hits"].double() / hits,
+        "share_all": counts["top1_all"].double() / total,
+        "closest": closest,
+        "bias_index": bias,
+    }
+
+
+def add_counts(a: dict[str, Tensor] | None, b: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Elementwise sum of two count dicts (``None`` is the empty tally)."""
+    return dict(b) if a is None else {k: a[k] + b[k] for k in a}
+
+
+class PositionShareTally(Metric):
+    """Which of a query's n objects its embedding sits closest to (TOR, IOR, I2TOR).
+
+    ``update(sims [B, V], objects [B, n])``; ``compute()`` returns the summed counts
+    (``total``, ``hits``, ``top1_hits``, ``top1_all``, ``closest``) and the shares of
+    :func:`_position_share_compute` (``hit_rate``, ``share``, ``share_all``, ``closest_share``,
+    ``bias_index``).
+
+    Args:
+        n: number of objects per query.
+    """
+
+    full_state_update = False
+    higher_is_better = None
+
+    def __init__(self, n: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        _check_n(n)
+        self.n = n
+        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("hits", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        for name in ("top1_hits", "top1_all", "closest"):
+            self.add_state(name, torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, sims: Tensor, objects: Tensor) -> None:
+        if objects.shape[-1] != self.n:
+            raise ValueError(f"PositionShareTally(n={self.n}) got objects with {objects.shape[-1]} columns")
+        counts = _position_share_update(sims, objects)
+        for name, value in counts.items():
+            setattr(self, name, getattr(self, name) + value.to(self.device))
+
+    def compute(self) -> dict[str, Tensor]:
+        counts = {k: getattr(self, k) for k in ("total", "hits", "top1_hits", "top1_all", "closest")}
+        shares = _position_share_compute(counts)
+        return {**counts, **{("closest_share" if k == "closest" else k): v for k, v in shares.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Preferences (ITM): does the right candidate score strictly higher than the wrong one?
+
+
+def _preference_update(right: Tensor, wrong: Tensor) -> dict[str, Tensor]:
+    """``wins`` = #(right > wrong), ``ties`` = #(right == wrong), ``total``; inputs ``[B]``."""
+    if right.shape != wrong.shape:
+        raise ValueError(f"right and wrong scores differ in shape: {tuple(right.shape)} vs {tuple(wrong.shape)}")
+    return {
+        "wins": (right > wrong).sum().long(),
+        "ties": (right == wrong).sum().long(),
+        "total": torch.tensor(right.numel(), dtype=torch.long),
+    }
+
+
+def _preference_compute(counts: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``accuracy = wins/total`` (ties lose, as in the study), ``preference = wins/(total - ties)``
+    (among decided pairs), ``tie_rate = ties/total``."""
+    total, wins, ties = (counts[k].double() for k in ("total", "wins", "ties"))
+    return {"accuracy": wins / total, "preference": wins / (total - ties), "tie_rate": ties / total}
+
+
+class PreferenceTally(Metric):
+    """Right-versus-wrong comparisons: ``update(right [B], wrong [B])``; ``compute()`` gives the
+    counts (``wins``, ``ties``, ``total``) and :func:`_preference_compute`'s shares."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        for name in ("wins", "ties", "total"):
+            self.add_state(name, torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, right: Tensor, wrong: Tensor) -> None:
+        for name, value in _preference_update(right, wrong).items():
+            setattr(self, name, getattr(self, name) + value.to(self.device))
+
+    def compute(self) -> dict[str, Tensor]:
+        counts = {k: getattr(self, k) for k in ("wins", "ties", "total")}
+        return {**counts, **_preference_compute(counts)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy (TOC / IOC).
+
+
+def _accuracy_update(preds: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """``correct`` and ``total``; ``preds`` are labels ``[B]`` or logits ``[B, C]``."""
+    if preds.ndim == 2:
+        preds = preds.argmax(dim=1)
+    if preds.shape != target.shape:
+        raise ValueError(f"preds and target differ in shape: {tuple(preds.shape)} vs {tuple(target.shape)}")
+    return {"correct": (preds == target).sum().long(), "total": torch.tensor(target.numel(), dtype=torch.long)}
+
+
+def _accuracy_compute(counts: dict[str, Tensor]) -> Tensor:
+    """``correct / total`` (NaN when empty)."""
+    return counts["correct"].double() / counts["total"].double()
+
+
+class AccuracyTally(Metric):
+    """Classification accuracy with raw counts: ``compute()`` gives ``correct``, ``total``, ``accuracy``."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.add_state("correct", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        for name, value in _accuracy_update(preds, target).items():
+            setattr(self, name, getattr(self, name) + value.to(self.device))
+
+    def compute(self) -> dict[str, Tensor]:
+        counts = {"correct": self.correct, "total": self.total}
+        return {**counts, "accuracy": _accuracy_compute(counts)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Means (attention shares).
+
+
+def _mean_update(values: Tensor) -> dict[str, Tensor]:
+    """``value_sum``, ``value_sq`` (sum of squares; float64) and ``count`` of a batch of values."""
+    v = values.detach().double().flatten()
+    return {"value_sum": v.sum(), "value_sq": (v * v).sum(), "count": torch.tensor(v.numel(), dtype=torch.long)}
+
+
+def _mean_compute(counts: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``mean = value_sum/count``; ``std`` (sample, ``count - 1`` in the denominator)."""
+    n = counts["count"].double()
+    mean = counts["value_sum"] / n
+    var = (counts["value_sq"] - n * mean * mean) / (n - 1)
+    return {"mean": mean, "std": var.clamp_min(0).sqrt()}
+
+
+class MeanTally(Metric):
+    """Mean and spread of a continuous value: ``compute()`` gives ``value_sum``, ``value_sq``,
+    ``count``, ``mean`` and ``std``."""
+
+    full_state_update = False
+    higher_is_better = None
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.add_state("value_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("value_sq", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, values: Tensor) -> None:
+        for name, value in _mean_update(values).items():
+            setattr(self, name, getattr(self, name) + value.to(self.device))
+
+    def compute(self) -> dict[str, Tensor]:
+        counts = {"value_sum": self.value_sum, "value_sq": self.value_sq, "count": self.count}
+        return {**counts, **_mean_compute(counts)}
