@@ -41,7 +41,7 @@ COMMANDS: CommandTree = {
         "preview": Command("clipprobe.data.preview:preview", "Contact sheet of a probe set's scenes and references."),
         "objects": Command("clipprobe.data.generate:objects", "List the objects a probe-set kind can draw."),
     },
-    "models": Command("clipprobe.models.load:models", "List model architectures (and pretrained tags) open_clip can build."),
+    "models": Command("clipprobe.models.load:models", "List model architectures and pretrained tags."),
     "eval": Command("clipprobe.evaluate:evaluate", "Run probes on models or checkpoints; one results JSON per job."),
     "report": Command("clipprobe.report:report", "Aggregate results JSON files into a CSV, markdown tables and plots."),
 }

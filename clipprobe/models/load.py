@@ -1,0 +1,344 @@
+"""Load a CLIP from any source as ``(model, preprocess, tokenizer)`` (one contract, as in CLIP_benchmark).
+
+Sources, all built through open_clip:
+
+- an open_clip architecture and a pretrained tag (``ViT-B-32``, ``openai``), or an ``hf-hub:`` name;
+- clipprobe's own architectures (``clipprobe-tiny``, ``clipprobe-small``), randomly initialised without a tag;
+- a local state dict (``.pt``/``.pth``/``.bin``/``.safetensors``), including clipprobe's training export
+  ``{"state_dict", "clipprobe": {"arch", "step", "samples_seen"}}`` (its architecture, step and samples seen
+  are read from it);
+- a Lightning ``.ckpt`` of clipprobe's ``CLIPModule`` (state dict keys ``model.*``, ``hyper_parameters.model_name``
+  and ``checkpoint["clipprobe"]``);
+- a glob of such files (a training progression), see :func:`expand_checkpoints`.
+
+Everything that cannot be had (unknown name or tag, no network, unreadable file) is a one-line
+:class:`~clipprobe.errors.UserError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import glob
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipprobe.errors import UserError
+
+log = logging.getLogger(__name__)
+
+LIST_MODELS_HINT = (
+    "list valid names with 'clipprobe models' (or python -c \"import open_clip; print(open_clip.list_models())\")"
+)
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+CHECKPOINT_SUFFIXES = (*STATE_DICT_SUFFIXES, ".ckpt")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for probing. ``pretrained`` is the tag or the checkpoint path (None = random init);
+    ``step`` and ``samples_seen`` are known for clipprobe checkpoints only."""
+
+    model: torch.nn.Module
+    preprocess: Callable[[Any], torch.Tensor]
+    tokenizer: Callable[..., torch.Tensor]
+    name: str
+    pretrained: str | None = None
+    step: int | None = None
+    samples_seen: int | None = None
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The checkpoint file the weights came from, or None for a tag or random init."""
+        return self.pretrained if self.pretrained and is_checkpoint_path(self.pretrained) else None
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint file says about itself; ``state_dict`` is filled for Lightning files only."""
+
+    path: Path
+    arch: str | None = None
+    step: int | None = None
+    samples_seen: int | None = None
+    state_dict: dict[str, torch.Tensor] | None = None
+
+
+def is_checkpoint_path(pretrained: str) -> bool:
+    """True if ``pretrained`` names a file (existing, or with a checkpoint suffix) rather than a tag."""
+    return os.path.exists(pretrained) or pretrained.endswith(CHECKPOINT_SUFFIXES) or os.sep in pretrained
+
+
+def load_model(name: str | None, pretrained: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Build a model, its eval preprocess and its tokenizer from any source (see the module docstring).
+
+    Args:
+        name: open_clip architecture (``ViT-B-32``, ``clipprobe-tiny``, ``hf-hub:org/repo``). May be None
+            when ``pretrained`` is a clipprobe checkpoint that records its architecture.
+        pretrained: a pretrained tag, a checkpoint path, or None for random initialisation.
+        device: where the model goes.
+
+    Raises:
+        UserError: unknown architecture or tag, weights that cannot be downloaded, unreadable checkpoint.
+    """
+    from clipprobe.models import register_configs
+
+    register_configs()
+    if pretrained and is_checkpoint_path(pretrained):
+        loaded = _load_file(name, Path(pretrained).expanduser(), device)
+    else:
+        if not name:
+            raise UserError(f"no model architecture given; pass --model NAME ({LIST_MODELS_HINT})")
+        loaded = _load_named(name, pretrained or None, device)
+    loaded.model.eval()
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------
+# open_clip names and tags
+
+
+def _load_named(name: str, tag: str | None, device: str | torch.device) -> LoadedModel:
+    import open_clip
+
+    if not name.startswith(open_clip.factory.HF_HUB_PREFIX):
+        check_architecture(name)
+        if tag is not None and not open_clip.get_pretrained_cfg(name.replace("/", "-"), tag):
+            tags = open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
+            known = ", ".join(tags[:6]) + (f", ... ({len(tags)} in all)" if len(tags) > 6 else "")
+            known = known or "none (omit --pretrained for random initialisation)"
+            raise UserError(
+                f"unknown pretrained tag '{tag}' for {name}; known tags: {known} (all: 'clipprobe models --pretrained "
+                f"--filter {name}'); or pass a checkpoint file path"
+            )
+    with _open_clip_errors(name, tag):
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, device=device)
+        tokenizer = open_clip.get_tokenizer(name)
+    return LoadedModel(model, preprocess, tokenizer, name, tag)
+
+
+def check_architecture(name: str) -> str:
+    """Return the open_clip config name for ``name`` (``/`` read as ``-``), or raise a UserError naming
+    close matches and how to list all valid names."""
+    import open_clip
+
+    from clipprobe.models import register_configs
+
+    register_configs()
+    if name.startswith(open_clip.factory.HF_HUB_PREFIX):
+        return name
+    cleaned = name.replace("/", "-")
+    known = open_clip.list_models()
+    if cleaned not in known:
+        close = difflib.get_close_matches(cleaned, known, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"unknown model architecture '{name}'; {hint}{LIST_MODELS_HINT}")
+    return cleaned
+
+
+_NETWORK_WORDS = ("connection", "network", "download", "hub", "resolve", "internet", "timed out", "offline")
+
+
+@contextlib.contextmanager
+def _open_clip_errors(name: str, tag: str | None) -> Iterator[None]:
+    """Turn open_clip's failures to fetch weights or configs into one-line UserErrors."""
+    what = f"{name}" + (f" ({tag})" if tag else "")
+    try:
+        yield
+    except ImportError as e:
+        raise UserError(f"model {what} needs the missing package '{e.name or e}'; install it with pip") from None
+    except (OSError, RuntimeError, ValueError) as e:
+        reason = " ".join(str(e).split())
+        if not any(w in reason.lower() for w in _NETWORK_WORDS):
+            raise
+        raise UserError(
+            f"could not download weights for {what}: {_clip(reason)}; "
+            "check the network, or download them elsewhere and pass the file with --pretrained PATH"
+        ) from None
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint files
+
+
+def _load_file(name: str | None, path: Path, device: str | torch.device) -> LoadedModel:
+    import open_clip
+
+    info = read_checkpoint(path)
+    arch = _pick_arch(name, info)
+    if info.state_dict is not None:  # Lightning: weights already in memory, prefix stripped
+        with _open_clip_errors(arch, None):
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained_text=False)
+        with _mismatch_errors(path, arch):
+            model.load_state_dict(info.state_dict, strict=True)
+        model.to(device)
+    else:  # a state dict file: open_clip's own loader (handles "module." prefixes, 3rd-party layouts)
+        with _open_clip_errors(arch, None), _mismatch_errors(path, arch):
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(path), device=device)
+    tokenizer = open_clip.get_tokenizer(arch)
+    return LoadedModel(model, preprocess, tokenizer, arch, str(path), info.step, info.samples_seen)
+
+
+def _pick_arch(name: str | None, info: CheckpointInfo) -> str:
+    if not name and not info.arch:
+        raise UserError(f"checkpoint {info.path} does not record its architecture; pass it with --model ARCH")
+    if name and info.arch and check_architecture(name) != check_architecture(info.arch):
+        raise UserError(
+            f"checkpoint {info.path} was trained as {info.arch} but --model says {name}; drop --model or fix it"
+        )
+    return check_architecture(name or info.arch or "")
+
+
+@contextlib.contextmanager
+def _mismatch_errors(path: Path, arch: str) -> Iterator[None]:
+    try:
+        yield
+    except (RuntimeError, AssertionError, KeyError, ValueError, IndexError) as e:  # open_clip's conversions assert
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"checkpoint {path} does not fit architecture {arch} ({_clip(first)}); pass the right --model"
+        ) from None
+
+
+def _torch_load(path: Path, trusted_pickle: bool = False) -> Any:
+    """torch.load on CPU, memory-mapped where the file allows (reading metadata stays cheap)."""
+    attempts: list[dict[str, Any]] = [{"weights_only": True, "mmap": True}, {"weights_only": True}]
+    if trusted_pickle:
+        # Lightning pickles hyper-parameters that the weights-only unpickler refuses; clipprobe's own
+        # training checkpoints are trusted the way Lightning itself trusts them on resume.
+        attempts.append({"weights_only": False})
+    error: Exception | None = None
+    for kwargs in attempts:  # legacy (non-zip) files cannot be memory-mapped
+        try:
+            return torch.load(path, map_location="cpu", **kwargs)
+        except Exception as e:
+            error = e
+    assert error is not None
+    raise error
+
+
+def _info_from_torch(path: Path) -> CheckpointInfo:
+    ckpt = _torch_load(path)
+    meta = ckpt.get("clipprobe") if isinstance(ckpt, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    return CheckpointInfo(path, meta.get("arch"), _int(meta.get("step")), _int(meta.get("samples_seen")))
+
+
+def _info_from_safetensors(path: Path) -> CheckpointInfo:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return CheckpointInfo(path, meta.get("arch"), _int(meta.get("step")), _int(meta.get("samples_seen")))
+
+
+def _info_from_lightning(path: Path) -> CheckpointInfo:
+    ckpt = _torch_load(path, trusted_pickle=True)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError("no state_dict in the file")
+    meta = ckpt.get("clipprobe") or {}
+    hparams = ckpt.get("hyper_parameters") or {}
+    arch = meta.get("arch") or hparams.get("model_name")
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError("no 'model.*' weights in its state_dict (not a clipprobe CLIPModule checkpoint)")
+    step = _int(meta.get("step", ckpt.get("global_step")))
+    return CheckpointInfo(path, arch, step, _int(meta.get("samples_seen")), state)
+
+
+_READERS: dict[str, Callable[[Path], CheckpointInfo]] = {
+    ".ckpt": _info_from_lightning,
+    ".safetensors": _info_from_safetensors,
+    ".pt": _info_from_torch,
+    ".pth": _info_from_torch,
+    ".bin": _info_from_torch,
+}
+
+
+def read_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
+    """Read what a checkpoint file records (architecture, step, samples seen).
+
+    Raises:
+        UserError: the file is missing, has an unknown suffix, or cannot be read.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; check the path given to --pretrained or --checkpoints")
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise UserError(f"checkpoint {path} has an unknown suffix; use one of {', '.join(CHECKPOINT_SUFFIXES)}")
+    try:
+        return reader(path)
+    except UserError:
+        raise
+    except Exception as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(f"checkpoint {path} is unreadable ({_clip(reason)}); is it a complete model file?") from None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+_STEP_IN_NAME = re.compile(r"step[=_-]?(\d+)", re.IGNORECASE)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The training step a checkpoint records, else one in its name (``step=100``, ``step_000100``)."""
+    step = read_checkpoint(path).step
+    if step is None and (m := _STEP_IN_NAME.search(path.name)):
+        step = int(m.group(1))
+    return step
+
+
+def expand_checkpoints(pattern: str) -> list[Path]:
+    """The checkpoint files matching a glob (``**`` allowed), ordered by training step, then by name.
+
+    Raises:
+        UserError: nothing matches, or a match cannot be read.
+    """
+    matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    paths = [Path(p) for p in matches if p.endswith(CHECKPOINT_SUFFIXES) and os.path.isfile(p)]
+    if not paths:
+        raise UserError(f"no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) match '{pattern}'; check the glob")
+    steps = {p: checkpoint_step(p) for p in paths}
+
+    def natural(p: Path) -> list[Any]:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
+
+    # Known steps first in step order; files without one after them, in natural name order.
+    return sorted(paths, key=lambda p: (steps[p] is None, steps[p] or 0, natural(p)))
+
+
+def models(filter: str = "", pretrained: bool = False) -> None:
+    """List the model architectures open_clip can build here (clipprobe's own included).
+
+    Args:
+        filter: show only names containing this text (case-insensitive).
+        pretrained: also list each architecture's pretrained tags.
+    """
+    import open_clip
+
+    from clipprobe.models import register_configs
+
+    register_configs()
+    for name in open_clip.list_models():
+        if filter.lower() not in name.lower():
+            continue
+        tags = open_clip.list_pretrained_tags_by_model(name) if pretrained else []
+        print(f"{name}  {' '.join(tags)}".rstrip())
