@@ -43,11 +43,11 @@ def corpus(
         shards: img2dataset tar shards: brace patterns joined by '::', or a folder; areas from each
             sample's key.json (clipprobe's corpus ground truth) unless --detections is given.
         coco_captions: a COCO captions JSON (instead of --shards); one sample per caption.
-        coco_instances: the COCO instances JSON giving areas (summed per category per image); its
-            category names join the vocabulary.
+        coco_instances: the COCO instances JSON giving areas (summed per category per image).
         detections: a JSONL of {"key", "detections": [{"label", "box": [x0, y0, x1, y1], "area"}]}
             rows (e.g. GroundingDINO + SAM); its areas replace the source's.
-        vocab: object vocabulary: 'coco', 'simco' or a file with one name a line.
+        vocab: object vocabulary: 'coco', 'simco' or a file with one name a line. Annotation labels it
+            lacks (COCO's 'sports ball', a detector's labels) join it.
         synonyms: synonym table: 'coco' (shipped), 'none', or a file of lines 'name: alias, alias'.
         extractor: 'pkg.module:function' called as f(caption, vocab) -> names in mention order,
             instead of the vocabulary matcher (e.g. a language model).
@@ -69,11 +69,10 @@ def corpus(
 
     source: ShardSource | CocoSource
     source = ShardSource(expand_shards(shards), caption_key) if shards else CocoSource(coco_captions, coco_instances)  # type: ignore[arg-type]
-    names = load_vocab(vocab)
-    names += [n for n in getattr(source, "labels", []) if n not in names]  # COCO's own categories (sports ball)
-    matcher = Matcher(names, load_synonyms(synonyms), strict=synonyms not in SYNONYM_TABLES)
-    extract = _user_extractor(extractor, names, matcher.canonical) if extractor else matcher.find
     dets = load_detections(detections) if detections else None
+    labels = list(getattr(source, "labels", [])) + sorted({label for a in (dets or {}).values() for label in a})
+    matcher = build_matcher(vocab, synonyms, labels)
+    extract = _user_extractor(extractor, matcher.vocab, matcher.canonical) if extractor else matcher.find
 
     stats = _tally(source, extract, matcher.canonical, dets, max_samples, progress)
     result = {
@@ -103,6 +102,17 @@ def _version() -> str:
     from clipprobe import __version__
 
     return __version__
+
+
+def build_matcher(vocab: str, synonyms: str, labels: list[str]) -> Matcher:
+    """The matcher for ``vocab`` and ``synonyms``; annotation ``labels`` (COCO categories, detection labels)
+    that name no vocabulary object join the vocabulary, so every annotated object can be mentioned."""
+    names = load_vocab(vocab)
+    table = load_synonyms(synonyms)
+    strict = synonyms not in SYNONYM_TABLES  # a user's file: conflicts are errors
+    matcher = Matcher(names, table, strict=strict)
+    extra = list(dict.fromkeys(c for c in map(matcher.canonical, labels) if c and c not in names))
+    return Matcher(names + extra, table, strict=strict) if extra else matcher
 
 
 def _user_extractor(spec: str, names: list[str], canon: Callable[[str], str]) -> Callable[[str], list[str]]:
@@ -157,10 +167,14 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _interval(pair: list[float | None]) -> str:
+    return f"[{_fmt(pair[0])}, {_fmt(pair[1])}]"
+
+
 def _row(label: str, row: dict[str, Any], shares: str) -> str:
-    lo, hi = row["largest_first_interval"]
     cells = [
-        label, str(row["captions"]), _fmt(row["largest_first"]), f"[{_fmt(lo)}, {_fmt(hi)}]", _fmt(row["baseline"]),
+        label, str(row["captions"]), f"{_fmt(row['largest_first'])} {_interval(row['largest_first_interval'])}",
+        _fmt(row["baseline"]), f"{_fmt(row['excess'])} {_interval(row['excess_interval'])}",
         _fmt(row["kendall_tau_mean"]), _fmt(row["kendall_tau_pooled"]), shares,
     ]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
@@ -176,14 +190,20 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"Corpus: `{corpus}`" + (f"; areas from `{cfg['detections']}`" if cfg["detections"] else "") + ".",
         f"Captions seen: {result['captions_seen']}; used: {result['captions_used']}.",
         "",
-        "| n | captions | P(largest first) | 95% interval | baseline | tau (mean) | tau (pooled) | position shares |",
+        "| n | captions | P(largest first) [95%] | baseline | excess [95%] | tau (mean) | tau (pooled) | position shares |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for n, row in result["by_n"].items():
         lines.append(_row(n, row, " / ".join(_fmt(s, 2) for s in row["position_shares"])))
     if result["captions_used"]:
         lines.append(_row("all", result["overall"], ""))
-    lines += ["", "Baseline: 1/n, P(largest first) if mention order ignored size. Tau +1: largest to smallest."]
+    lines += [
+        "",
+        "Baseline: P(largest first) if mention order ignored size (1/n; for 'all', the mean 1/n).",
+        "Excess: (P - baseline) / (1 - baseline); 0 = random order, 1 = always largest first, negative = avoided;",
+        "it recovers p of the policy 'largest first with probability p, else random'.",
+        "Kendall's tau between mention order and area: +1 = mentioned from the largest down.",
+    ]
     if result["skipped"]:
         lines += ["", "Skipped captions:", ""]
         lines += [f"- {r}: {k} ({result['skip_reasons'][r]})" for r, k in result["skipped"].items()]

@@ -57,6 +57,31 @@ def _wilson(k: int, n: int) -> tuple[float, float]:
     return wilson(k, n)
 
 
+def excess(share: float | None, baseline: float | None) -> float | None:
+    """How far above chance: ``(share - b) / (1 - b)``; 0 = random order, 1 = always largest first.
+
+    Under the policy "largest first with probability p, else a random order", P(largest first) =
+    ``p + (1 - p) b`` with ``b = 1/n``, so the excess recovers ``p`` (a negative value: the largest
+    is avoided). The same increasing map turns the share's interval into the excess's.
+    """
+    if share is None or baseline is None or baseline >= 1:
+        return None
+    return (share - baseline) / (1 - baseline)
+
+
+def _share_fields(k: int, total: int, baseline: float | None) -> dict[str, Any]:
+    """P(largest first), its Wilson interval, and the excess over ``baseline`` with its interval."""
+    share = k / total if total else None
+    lo, hi = _wilson(k, total)
+    return {
+        "largest_first": share,
+        "largest_first_interval": [lo, hi],
+        "baseline": baseline,
+        "excess": excess(share, baseline),
+        "excess_interval": [excess(lo, baseline), excess(hi, baseline)],
+    }
+
+
 @dataclass
 class _Tally:
     """Counts for one number of objects ``n``."""
@@ -86,9 +111,7 @@ class _Tally:
             "captions": total,
             "position_counts": list(self.positions),
             "position_shares": [k / total for k in self.positions],
-            "largest_first": self.positions[0] / total,
-            "largest_first_interval": list(_wilson(self.positions[0], total)),
-            "baseline": 1.0 / self.n,
+            **_share_fields(self.positions[0], total, 1.0 / self.n),
             "kendall_tau_mean": self.tau_sum / self.tau_count if self.tau_count else None,
             "kendall_tau_pooled": (c - d) / (c + d + t),
         }
@@ -151,11 +174,10 @@ class CorpusStats:
         first = sum(t["position_counts"][0] for t in by_n.values())
         taus = [t for t in self.tallies.values() if t.tau_count]
         pairs = [sum(t.pairs[i] for t in self.tallies.values()) for i in range(3)]
+        baseline = sum(sum(t.positions) / t.n for t in self.tallies.values()) / used if used else None
         overall = {
             "captions": used,
-            "largest_first": first / used if used else None,
-            "largest_first_interval": list(_wilson(first, used)),
-            "baseline": sum(sum(t.positions) / t.n for t in self.tallies.values()) / used if used else None,
+            **_share_fields(first, used, baseline),
             "kendall_tau_mean": sum(t.tau_sum for t in taus) / sum(t.tau_count for t in taus) if taus else None,
             "kendall_tau_pooled": (pairs[0] - pairs[1]) / sum(pairs) if sum(pairs) else None,
         }

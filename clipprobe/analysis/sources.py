@@ -68,16 +68,27 @@ def canonical_areas(areas: Mapping[str, float | None], canon: Callable[[str], st
 
 
 def areas_from_corpus_json(meta: Mapping[str, Any]) -> Areas | None:
-    """Areas from a shard's ``key.json`` (clipprobe's corpus schema: ``objects`` with ``name`` and
-    ``area``, or ``bbox`` as ``[x0, y0, x1, y1]``); None when the row lists no objects (plain img2dataset)."""
+    """Areas from a shard's ``key.json``; None when the row lists no objects (a plain img2dataset row).
+
+    Two layouts: clipprobe's corpus (``clipprobe data corpus``: ``objects`` a list of names with
+    parallel ``areas``, visible pixels, and ``boxes``), or ``objects`` as rows with ``name`` and
+    ``area`` or ``bbox``. Boxes are ``[x0, y0, x1, y1]`` and stand in only where no area is given.
+    """
     objects = meta.get("objects")
     if not isinstance(objects, list):
         return None
     areas: Areas = {}
-    for obj in objects:
-        area = obj.get("area")
-        add_area(areas, str(obj["name"]), float(area) if area is not None else _box_area(obj.get("bbox")))
+    for i, obj in enumerate(objects):
+        if isinstance(obj, str):
+            name, area, box = obj, _item(meta.get("areas"), i), _item(meta.get("boxes"), i)
+        else:
+            name, area, box = obj["name"], obj.get("area"), obj.get("bbox", obj.get("box"))
+        add_area(areas, str(name), float(area) if area is not None else _box_area(box))
     return areas
+
+
+def _item(values: Any, i: int) -> Any:
+    return values[i] if isinstance(values, list) and i < len(values) else None
 
 
 def expand_shards(spec: str) -> list[str]:
