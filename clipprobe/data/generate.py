@@ -14,7 +14,7 @@ import json
 import math
 import multiprocessing
 import os
-from collections.abc import Iterator
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -132,16 +132,31 @@ def _draw_scene(spec: SceneSpec) -> dict[str, Any]:
     return Scene(spec.file_name, spec.n, spec.variant, objs, spec.scene_id).to_json()
 
 
-def _draw_all(specs: list[SceneSpec], workers: int) -> Iterator[dict[str, Any]]:
-    """Metadata rows in plan order; the pool's ``imap`` keeps the order whatever finishes first."""
-    if workers == 1:
-        yield from map(_draw_scene, specs)
-        return
-    chunk = max(1, min(64, len(specs) // (8 * workers)))
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    init_args = (_WORKER["kind"], str(_WORKER["root"]), _WORKER["image_size"], _WORKER["geometries"])
-    with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
-        yield from pool.imap(_draw_scene, specs, chunksize=chunk)
+def _draw_all(specs: list[SceneSpec], workers: int, progress: bool) -> list[str]:
+    """Draw every scene; return the metadata rows (JSON) in plan order, which ``imap`` keeps whatever
+    finishes first. The pool is started before the progress bar, so no thread exists at fork time."""
+    from tqdm import tqdm
+
+    pool = None
+    if workers > 1:  # fork shares the parent's sprite caches; elsewhere spawn (macOS: fork is unsafe)
+        ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        init_args = (_WORKER["kind"], str(_WORKER["root"]), _WORKER["image_size"], _WORKER["geometries"])
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
+    try:
+        chunk = max(1, min(64, len(specs) // (8 * workers)))
+        rows_in = pool.imap(_draw_scene, specs, chunksize=chunk) if pool else map(_draw_scene, specs)
+        bar = tqdm(
+            rows_in,
+            total=len(specs),
+            desc=f"{_WORKER['kind']} scenes",
+            unit="scene",
+            disable=None if progress else True,
+        )
+        return [json.dumps(row, sort_keys=True) for row in bar]
+    finally:
+        if pool is not None:
+            pool.terminate()  # all results are in (or an error is on its way up): stop the workers
+            pool.join()
 
 
 def _write_references(cfg: GenConfig, root: Path) -> None:
@@ -183,8 +198,6 @@ def generate(cfg: GenConfig, out: str | os.PathLike, overwrite: bool = False, wo
     Raises:
         UserError: ``out`` is not empty and ``overwrite`` is false, or ``workers`` < 1.
     """
-    from tqdm import tqdm
-
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
@@ -196,12 +209,7 @@ def generate(cfg: GenConfig, out: str | os.PathLike, overwrite: bool = False, wo
             (root / "scenes" / group).mkdir(parents=True)
         _init_worker(cfg.kind, str(root), cfg.image_size, geos)
         _write_references(cfg, root)
-        rows = []
-        bar = tqdm(total=len(specs), desc=f"{cfg.kind} scenes", unit="scene", disable=None if progress else True)
-        with bar:
-            for row in _draw_all(specs, min(workers, max(1, len(specs)))):
-                rows.append(json.dumps(row, sort_keys=True))
-                bar.update()
+        rows = _draw_all(specs, min(workers, max(1, len(specs))), progress)
         atomic_write_text(root / METADATA, "\n".join(rows) + "\n")
         atomic_write_json(root / MANIFEST, _manifest(cfg, specs))
     return out
