@@ -39,6 +39,7 @@ COMMANDS: CommandTree = {
         "comco": Command("clipprobe.data.generate:comco", "Generate a ComCO probe set (emoji objects, COCO names)."),
         "simco": Command("clipprobe.data.generate:simco", "Generate a SimCO probe set (18 blue shapes)."),
         "preview": Command("clipprobe.data.preview:preview", "Contact sheet of a probe set's scenes and references."),
+        "corpus": Command("clipprobe.data.corpus:corpus", "Synthetic image-caption corpus as webdataset shards (img2dataset layout)."),
         "objects": Command("clipprobe.data.generate:objects", "List the objects a probe-set kind can draw."),
     },
     "models": Command("clipprobe.models.load:models", "List model architectures and pretrained tags."),
