@@ -94,11 +94,38 @@ def load_model(name: str | None, pretrained: str | None = None, device: str | to
     if pretrained and is_checkpoint_path(pretrained):
         loaded = _load_file(name, Path(pretrained).expanduser(), device)
     else:
-        if not name:
-            raise UserError(f"no model architecture given; pass --model NAME ({LIST_MODELS_HINT})")
-        loaded = _load_named(name, pretrained or None, device)
+        loaded = _load_named(check_source(name, pretrained), pretrained or None, device)
     loaded.model.eval()
     return loaded
+
+
+def check_source(name: str | None, pretrained: str | None = None) -> str:
+    """The architecture that ``load_model(name, pretrained)`` will build, checked without building it:
+    the name is known, the tag is one of its tags, the file exists and is readable.
+
+    Raises:
+        UserError: as :func:`load_model` would, before any weights are downloaded.
+    """
+    import open_clip
+
+    from clipprobe.models import register_configs
+
+    register_configs()
+    if pretrained and is_checkpoint_path(pretrained):
+        return _pick_arch(name, read_checkpoint(pretrained))
+    if not name:
+        raise UserError(f"no model architecture given; pass --model NAME ({LIST_MODELS_HINT})")
+    arch = check_architecture(name)
+    if pretrained and not name.startswith(open_clip.factory.HF_HUB_PREFIX):
+        if not open_clip.get_pretrained_cfg(arch, pretrained):
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            known = ", ".join(tags[:6]) + (f", ... ({len(tags)} in all)" if len(tags) > 6 else "")
+            known = known or "none (omit --pretrained for random initialisation)"
+            raise UserError(
+                f"unknown pretrained tag '{pretrained}' for {name}; known tags: {known} (all: 'clipprobe models "
+                f"--pretrained --filter {arch}'); or pass a checkpoint file path"
+            )
+    return name if name.startswith(open_clip.factory.HF_HUB_PREFIX) else arch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,16 +135,6 @@ def load_model(name: str | None, pretrained: str | None = None, device: str | to
 def _load_named(name: str, tag: str | None, device: str | torch.device) -> LoadedModel:
     import open_clip
 
-    if not name.startswith(open_clip.factory.HF_HUB_PREFIX):
-        check_architecture(name)
-        if tag is not None and not open_clip.get_pretrained_cfg(name.replace("/", "-"), tag):
-            tags = open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
-            known = ", ".join(tags[:6]) + (f", ... ({len(tags)} in all)" if len(tags) > 6 else "")
-            known = known or "none (omit --pretrained for random initialisation)"
-            raise UserError(
-                f"unknown pretrained tag '{tag}' for {name}; known tags: {known} (all: 'clipprobe models --pretrained "
-                f"--filter {name}'); or pass a checkpoint file path"
-            )
     with _open_clip_errors(name, tag):
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, device=device)
         tokenizer = open_clip.get_tokenizer(name)
