@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +338,68 @@ def test_no_captions_at_all_is_an_error(tmp_path: Path) -> None:
         corpus(shards=str(tmp_path / "x.tar"), out=str(tmp_path / "o"), progress=False)
     stats = corpus(shards=str(tmp_path / "x.tar"), caption_key="caption", out=str(tmp_path / "o"), progress=False)
     assert stats["skipped"] == {"no_annotations": 3}
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpora from `clipprobe data corpus` with a known order policy: the command recovers it
+
+
+def _generate(out: Path, order: str, p: float, seed: int = 0) -> list[dict[str, Any]]:
+    cli.main(["data", "corpus", "--out", str(out), "--num-samples", "400", "--shard-size", "200", "--image-size", "32",
+              "--objects", "1-4", "--order", order, "--p-order", str(p), "--seed", str(seed), "--workers", "1",
+              "--progress", "false"])  # fmt: skip
+    metas = []
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            metas += [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
+    return metas
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """Per policy: the generator's own metadata and the command's stats."""
+    root = tmp_path_factory.mktemp("generated")
+    out = {}
+    for order, p in [("size_first", 0.8), ("random", 0.0), ("small_first", 1.0)]:
+        metas = _generate(root / order, order, p)
+        out[order] = (metas, corpus(shards=str(root / order), out=str(root / f"{order}_stats"), progress=False))
+    return out
+
+
+def test_generated_captions_are_read_exactly(generated: dict) -> None:
+    metas, stats = generated["size_first"]
+    usable = [m for m in metas if len(m["objects"]) > 1 and sorted(m["areas"])[-1] != sorted(m["areas"])[-2]]
+    assert stats["captions_seen"] == len(metas) == 400
+    assert stats["captions_used"] == len(usable)  # every generated caption's objects are found
+    # one object: fewer than 2 mentions, or 2 with "... on a table" (dining table, not in the image)
+    single = stats["skipped"]["fewer_than_2_mentions"] + stats["skipped"].get("fewer_than_2_annotated", 0)
+    assert single == sum(len(m["objects"]) == 1 for m in metas)
+    assert stats["skipped"].get("largest_tied", 0) == len(metas) - len(usable) - single
+    assert sum(r["position_counts"][0] for r in stats["by_n"].values()) == sum(m["largest_first"] for m in usable)
+
+
+def test_size_first_recovers_p(generated: dict) -> None:
+    _, stats = generated["size_first"]
+    lo, hi = stats["overall"]["excess_interval"]
+    assert lo < 0.8 < hi and hi - lo < 0.2
+    for n, row in stats["by_n"].items():
+        lo, hi = row["largest_first_interval"]
+        assert lo < 0.8 + 0.2 / int(n) < hi
+    assert stats["overall"]["kendall_tau_mean"] > 0.3
+
+
+def test_random_order_gives_chance(generated: dict) -> None:
+    _, stats = generated["random"]
+    lo, hi = stats["overall"]["excess_interval"]
+    assert lo < 0.0 < hi
+    for n, row in stats["by_n"].items():
+        lo, hi = row["largest_first_interval"]
+        assert lo < 1 / int(n) < hi
+
+
+def test_small_first_never_puts_the_largest_first(generated: dict) -> None:
+    _, stats = generated["small_first"]
+    for row in stats["by_n"].values():
+        assert row["position_counts"][0] == 0 and row["captions"] > 50
+    assert stats["overall"]["excess"] < -0.4
+    assert stats["overall"]["kendall_tau_mean"] < -0.3
