@@ -27,8 +27,15 @@ def _check_n(n: int) -> None:
 # Position shares (TOR / IOR / I2TOR).
 
 
+TIE_TOL = 1e-6  # similarities closer than this are tied (float32 rounding of equal cosines is ~1e-7)
+
+
 def _position_share_update(sims: Tensor, objects: Tensor) -> dict[str, Tensor]:
     """Counts for one batch of queries.
+
+    Ties share the credit: when t references are within :data:`TIE_TOL` of the best similarity,
+    each gets 1/t (so a query whose embedding is exactly between two of its objects, as split and
+    aggregate gives for n=2, counts half for each position rather than all for the first).
 
     Args:
         sims: ``[B, V]`` similarity of each query to every reference.
@@ -36,27 +43,29 @@ def _position_share_update(sims: Tensor, objects: Tensor) -> dict[str, Tensor]:
             (o_1..o_n); distinct within a row.
 
     Returns:
-        ``total`` (B), ``hits`` (T_n, the n nearest references, equals the own objects as a set),
+        ``total`` and ``hits`` (int64): queries, and queries whose own objects are all strictly more
+        similar than every other reference (T_n, the n nearest, is exactly the own objects);
         ``top1_hits[k]`` (hits whose nearest reference is o_k), ``top1_all[k]`` (any query whose
-        nearest reference is o_k), ``closest[k]`` (o_k is the most similar among the own objects).
-        All int64.
+        nearest reference is o_k), ``closest[k]`` (o_k is the most similar among the own objects),
+        float64 ``[n]`` because of tie credit.
     """
     if sims.ndim != 2 or objects.ndim != 2 or sims.shape[0] != objects.shape[0]:
         raise ValueError(f"expected sims [B, V] and objects [B, n], got {tuple(sims.shape)} and {tuple(objects.shape)}")
-    b, n = objects.shape
+    sims = sims.double()
     objects = objects.long()
-    top_n = sims.topk(n, dim=1).indices  # [B, n]
-    hit = (top_n.sort(dim=1).values == objects.sort(dim=1).values).all(dim=1)  # [B]
-    top1 = sims.argmax(dim=1, keepdim=True)  # [B, 1]
-    is_top1 = objects == top1  # [B, n]; at most one True per row
     own = sims.gather(1, objects)  # [B, n]
-    closest = torch.nn.functional.one_hot(own.argmax(dim=1), n)  # [B, n]
+    others = sims.scatter(1, objects, float("-inf"))  # [B, V], own objects masked out
+    hit = own.min(dim=1).values > others.max(dim=1).values  # [B]
+    top = sims >= sims.max(dim=1, keepdim=True).values - TIE_TOL  # [B, V] tied for nearest
+    top1 = (top.double() / top.sum(dim=1, keepdim=True)).gather(1, objects)  # [B, n] credit
+    near = own >= own.max(dim=1, keepdim=True).values - TIE_TOL  # [B, n] tied for closest own
+    closest = near.double() / near.sum(dim=1, keepdim=True)
     return {
-        "total": torch.tensor(b, dtype=torch.long),
+        "total": torch.tensor(objects.shape[0], dtype=torch.long),
         "hits": hit.sum().long(),
-        "top1_hits": (is_top1 & hit[:, None]).sum(dim=0).long(),
-        "top1_all": is_top1.sum(dim=0).long(),
-        "closest": closest.sum(dim=0).long(),
+        "top1_hits": (top1 * hit[:, None]).sum(dim=0),
+        "top1_all": top1.sum(dim=0),
+        "closest": closest.sum(dim=0),
     }
 
 
@@ -105,7 +114,7 @@ class PositionShareTally(Metric):
         self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("hits", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         for name in ("top1_hits", "top1_all", "closest"):
-            self.add_state(name, torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
+            self.add_state(name, torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, sims: Tensor, objects: Tensor) -> None:
         if objects.shape[-1] != self.n:

@@ -150,3 +150,17 @@ def test_mean_matches_statistics_and_batches():
     std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
     assert out["mean"].item() == pytest.approx(mean) and out["std"].item() == pytest.approx(std)
     assert _mean_compute(_mean_update(values))["mean"].item() == pytest.approx(mean)
+
+
+def test_ties_share_the_credit():
+    # Two own objects exactly tied for nearest (split and aggregate with n=2 does this): half each.
+    sims = torch.tensor([[0.7, 0.7, 0.1, 0.0], [0.2, 0.9, 0.9, 0.9]])
+    objects = torch.tensor([[0, 1], [1, 2]])
+    out = _position_share_update(sims, objects)
+    assert out["hits"].item() == 1  # row 2: a non-own reference ties with the own ones -> no hit
+    assert out["closest"].tolist() == [1.0, 1.0]  # row 1: 0.5 + 0.5; row 2: 0.5 + 0.5
+    assert out["top1_all"].tolist() == pytest.approx([0.5 + 1 / 3, 0.5 + 1 / 3])
+    assert out["top1_hits"].tolist() == [0.5, 0.5]
+    # Rounding-level differences are ties too.
+    near = _position_share_update(torch.tensor([[0.5, 0.5 + 1e-8, 0.0]]), torch.tensor([[0, 1]]))
+    assert near["closest"].tolist() == [0.5, 0.5]

@@ -16,13 +16,13 @@ from clipprobe.probes.base import ProbeResult
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a binomial share ``k / n``.
 
     ``centre = (p + z²/2n) / (1 + z²/n)``, ``half = z / (1 + z²/n) * sqrt(p(1-p)/n + z²/4n²)``.
 
     Args:
-        k: successes, ``0 <= k <= n``.
+        k: successes, ``0 <= k <= n`` (may be fractional where ties share credit).
         n: trials; ``n == 0`` gives ``(0.0, 1.0)``.
         z: normal quantile (default 95%).
 
@@ -32,21 +32,21 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     Raises:
         ValueError: ``k`` outside ``[0, n]``.
     """
-    if n < 0 or k < 0 or k > n:
+    if n < 0 or k < 0 or k > n + 1e-9 * n:
         raise ValueError(f"wilson needs 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return (0.0, 1.0)
-    p = k / n
+    p = min(max(k / n, 0.0), 1.0)  # fractional tie credit can overshoot by rounding
     z2 = z * z
     denom = 1.0 + z2 / n
     centre = (p + z2 / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     lo, hi = max(0.0, centre - half), min(1.0, centre + half)
     # Exact ends: the interval must contain 0 when k == 0 and 1 when k == n (rounding can lose them).
-    return (0.0 if k == 0 else lo, 1.0 if k == n else hi)
+    return (0.0 if k <= 0 else lo, 1.0 if k >= n else hi)
 
 
-def share(k: int, n: int) -> float:
+def share(k: float, n: int) -> float:
     """``k / n``, or NaN when ``n == 0``."""
     return k / n if n else math.nan
 
@@ -63,18 +63,18 @@ def bias_index(closest_1: float, n: int) -> float:
     return (closest_1 - chance) / (1.0 - chance)
 
 
-def put_share(result: ProbeResult, key: str, k: int, n: int) -> None:
+def put_share(result: ProbeResult, key: str, k: float, n: int) -> None:
     """Record ``k / n`` under ``key`` with its count ``n`` and Wilson interval."""
-    result.metrics[key] = share(int(k), int(n))
+    result.metrics[key] = share(float(k), int(n))
     result.counts[key] = int(n)
-    result.intervals[key] = wilson(int(k), int(n))
+    result.intervals[key] = wilson(float(k), int(n))
 
 
-def put_bias_index(result: ProbeResult, key: str, k_first: int, total: int, n: int) -> None:
+def put_bias_index(result: ProbeResult, key: str, k_first: float, total: int, n: int) -> None:
     """Record the bias index of ``closest_1 = k_first / total`` among ``n`` objects; its interval is
     the Wilson interval of ``closest_1`` mapped through the same (increasing, linear) formula."""
-    lo, hi = wilson(int(k_first), int(total))
-    result.metrics[key] = bias_index(share(int(k_first), int(total)), n)
+    lo, hi = wilson(float(k_first), int(total))
+    result.metrics[key] = bias_index(share(float(k_first), int(total)), n)
     result.counts[key] = int(total)
     result.intervals[key] = (bias_index(lo, n), bias_index(hi, n))
 
@@ -107,11 +107,11 @@ def put_position_shares(
     put_share(result, f"{prefix}hit_rate", hits, total)
     for k, name in enumerate(names):
         base = f"share_{name}" if roles is None else name
-        put_share(result, f"{prefix}{base}", int(counts["top1_hits"][k]), hits)
-        put_share(result, f"{prefix}{base}_all", int(counts["top1_all"][k]), total)
-        put_share(result, f"{prefix}closest_{name}", int(counts["closest"][k]), total)
+        put_share(result, f"{prefix}{base}", float(counts["top1_hits"][k]), hits)
+        put_share(result, f"{prefix}{base}_all", float(counts["top1_all"][k]), total)
+        put_share(result, f"{prefix}closest_{name}", float(counts["closest"][k]), total)
     if n > 1:
-        put_bias_index(result, f"{prefix}bias_index", int(counts["closest"][0]), total, n)
+        put_bias_index(result, f"{prefix}bias_index", float(counts["closest"][0]), total, n)
 
 
 def merge_prefixed(into: ProbeResult, part: ProbeResult, prefix: str) -> None:
