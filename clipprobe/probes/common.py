@@ -1,0 +1,182 @@
+"""What every probe shares: typed options (a dataclass per probe, validated with a clear
+:class:`~clipprobe.errors.UserError`), the vocabulary and object counts to use, encoding each unique
+input once, and the linear probe that TOC and IOC train on frozen embeddings."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+from clipprobe.data.vocab import COCO_NAMES
+from clipprobe.errors import UserError
+from clipprobe.probes.base import ProbeContext
+
+T = TypeVar("T")
+
+# Probe name -> its options dataclass (filled by @probe_options in the probe modules).
+OPTIONS: dict[str, type] = {}
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def probe_options(name: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: register ``cls`` (a dataclass) as probe ``name``'s options."""
+
+    def wrap(cls: type[T]) -> type[T]:
+        OPTIONS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as type ``tp`` (from the CLI, strings such as ``"2,3"`` or ``"true"`` are common)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    fail = UserError(f"{where}={value!r} is not a valid {getattr(tp, '__name__', str(tp))}")
+    if tp is Any:
+        return value
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except UserError:
+                continue
+        raise fail
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"{where}={value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin in (list, tuple):
+        items = value.split(",") if isinstance(value, str) else value
+        items = items if isinstance(items, (list, tuple)) else [items]
+        return [_coerce(v.strip() if isinstance(v, str) else v, args[0] if args else Any, where) for v in items]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise fail
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise fail
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise fail from None
+        if tp is int and isinstance(value, float) and value != out:
+            raise fail
+        return out
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail
+        return value
+    return value
+
+
+def parse_options(cls: type[T], options: Mapping[str, Any] | None, probe: str) -> T:
+    """Build ``cls`` (a dataclass) from a plain dict, coercing strings and rejecting unknown keys.
+
+    Raises:
+        UserError: an unknown option or a value of the wrong type or outside its choices.
+    """
+    options = dict(options or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(k for k in options if k.replace("-", "_") not in names)
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]!r} for probe {probe}; valid options: {', '.join(names)}")
+    values = {k.replace("-", "_"): _coerce(v, hints[k.replace("-", "_")], f"{probe}.{k}") for k, v in options.items()}
+    return cls(**values)
+
+
+def resolve_vocab(ctx: ProbeContext) -> list[str]:
+    """The text vocabulary: the one given, else the probe set's, else the study's 90 COCO names."""
+    if ctx.vocab:
+        return list(ctx.vocab)
+    if ctx.probe_set is not None and ctx.probe_set.vocabulary:
+        return list(ctx.probe_set.vocabulary)
+    return list(COCO_NAMES)
+
+
+def resolve_counts(ctx: ProbeContext, requested: Sequence[int] | None, default: Sequence[int] = (2, 3, 4)) -> list[int]:
+    """Object counts: those requested, else the probe set's (those with at least 2 objects), else ``default``."""
+    if requested:
+        counts = sorted(set(requested))
+    elif ctx.probe_set is not None and ctx.probe_set.counts():
+        counts = [n for n in ctx.probe_set.counts() if n >= 2]
+    else:
+        counts = list(default)
+    bad = [n for n in counts if n < 2]
+    if bad:
+        raise UserError(f"object counts must be at least 2, got {bad[0]}; pass n like 2,3,4")
+    return counts
+
+
+def encode_unique(encode: Callable[[list], torch.Tensor], items: Iterable[Hashable]) -> tuple[torch.Tensor, dict]:
+    """Encode each distinct item once, in first-seen order, in one call.
+
+    Returns:
+        ``(embeddings [U, D], row)`` with ``row[item]`` the item's row.
+    """
+    unique = list(dict.fromkeys(items))
+    emb = encode(unique) if unique else torch.zeros(0, 0)
+    if emb.shape[0] != len(unique):
+        raise RuntimeError(f"encoder returned {emb.shape[0]} embeddings for {len(unique)} inputs")
+    return emb.float(), {item: i for i, item in enumerate(unique)}
+
+
+def split_embeddings(single: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+    """Split and aggregate (PROBES.md, mitigation): the normalised sum of each object's own embedding.
+
+    Args:
+        single: ``[V, D]`` embedding of each object encoded alone.
+        objects: ``[B, n]`` object indices in mention order.
+
+    Returns:
+        ``[B, D]``, L2-normalised. Summed in index order, so every order of the same objects gives
+        bit-identical embeddings (order-invariant by construction, not just up to rounding).
+    """
+    summed = single[objects.sort(dim=1).values].sum(dim=1)
+    return torch.nn.functional.normalize(summed, dim=-1)
+
+
+def linear_probe(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_eval: torch.Tensor,
+    num_classes: int,
+    *,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    epochs: int = 10,
+    seed: int = 42,
+    progress: bool = False,
+    desc: str = "linear probe",
+) -> torch.Tensor:
+    """Train ``Linear(D, num_classes)`` with Adam and cross-entropy on frozen features; return the
+    predicted labels of ``x_eval``. Seeded: same inputs, same predictions (CPU)."""
+    from tqdm.auto import tqdm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(x_train.shape[1], num_classes)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+        order = torch.randperm(len(x_train), generator=gen)
+        for lo in range(0, len(order), batch_size):
+            idx = order[lo : lo + batch_size]
+            loss = torch.nn.functional.cross_entropy(head(x_train[idx]), y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return head(x_eval).argmax(dim=1)

@@ -1,0 +1,370 @@
+"""Text probes (PROBES.md, section 2): ``tor``, ``mitigation``, ``size_claim`` and ``toc``.
+
+TOR compares each caption's embedding with the embedding of every vocabulary name (the bare names,
+as in the study) and tallies, per number of objects n, which position the nearest name holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+import torch
+
+from clipprobe.errors import UserError
+from clipprobe.metrics import _position_share_update, add_counts
+from clipprobe.probes.base import Encoder, ProbeContext, ProbeResult, register
+from clipprobe.probes.captions import Caption, make_captions, render
+from clipprobe.probes.common import (
+    encode_unique,
+    linear_probe,
+    parse_options,
+    probe_options,
+    resolve_counts,
+    resolve_vocab,
+    split_embeddings,
+)
+from clipprobe.probes.stats import put_position_shares, put_share
+
+Aggregate = Literal["plain", "split"]
+K = TypeVar("K", bound=Hashable)
+_CHUNK = 8192  # captions per similarity block: [chunk, V] floats
+
+
+@probe_options("tor")
+@dataclass
+class TorOptions:
+    """Options of ``tor``.
+
+    Attributes:
+        mode: ``balanced`` (random subsets in random orders) or ``paper`` (the study's combinations).
+        template: ``bare``, ``article``, ``a`` or ``long`` (see :mod:`clipprobe.probes.captions`).
+        n: object counts (default: the probe set's, else 2,3,4).
+        max_captions: paper mode's cap per n (seeded, order-keeping subsample); None or 0 = all.
+        num_captions: balanced mode's captions per n.
+        orders: balanced mode's ``random`` (one order per subset) or ``all`` (n! orders).
+        seed: caption sampling seed (default: the run's seed).
+    """
+
+    mode: Literal["paper", "balanced"] = "balanced"
+    template: Literal["bare", "article", "a", "long"] = "bare"
+    n: list[int] | None = None
+    max_captions: int | None = 20_000
+    num_captions: int = 2_000
+    orders: Literal["random", "all"] = "random"
+    seed: int | None = None
+
+
+def _captions(opts: TorOptions, vocab: list[str], counts: list[int], seed: int) -> dict[int, list[Caption]]:
+    return {
+        n: make_captions(
+            vocab,
+            n,
+            opts.mode,
+            opts.template,
+            max_captions=opts.max_captions,
+            num_captions=opts.num_captions,
+            orders=opts.orders,
+            seed=seed,
+        )
+        for n in counts
+    }
+
+
+def tor_texts(
+    references: Sequence[str], captions: Mapping[K, list[Caption]], template: str, aggregates: Sequence[Aggregate]
+) -> list[str]:
+    """Every text :func:`tor_counts` needs: the reference names, the captions (``plain``) and each
+    name rendered alone (``split``)."""
+    texts = list(references)
+    if "plain" in aggregates:
+        texts += [c.text for caps in captions.values() for c in caps]
+    if "split" in aggregates:
+        texts += [render(template, [name]) for name in references]
+    return texts
+
+
+def tor_counts(
+    emb: torch.Tensor,
+    row: Mapping[str, int],
+    references: Sequence[str],
+    captions: Mapping[K, list[Caption]],
+    template: str,
+    aggregates: Sequence[Aggregate] = ("plain",),
+) -> dict[str, dict[K, dict[str, torch.Tensor]]]:
+    """Position-share counts of captions against reference names, per aggregate and caption group
+    (the keys of ``captions``, e.g. n), from text embeddings ``emb`` (``row[text]`` = its row).
+
+    ``plain`` embeds each caption whole; ``split`` embeds each object alone (rendered with the same
+    template) and takes the normalised sum.
+    """
+    ref_index = {name: i for i, name in enumerate(references)}
+    names = emb[[row[r] for r in references]]  # [V, D]
+    single = emb[[row[render(template, [name])] for name in references]] if "split" in aggregates else None
+    out: dict[str, dict[K, dict[str, torch.Tensor]]] = {}
+    for agg in aggregates:
+        out[agg] = {}
+        for key, caps in captions.items():
+            tally = None
+            for lo in range(0, len(caps), _CHUNK):
+                chunk = caps[lo : lo + _CHUNK]
+                objects = torch.tensor([[ref_index[o] for o in c.objects] for c in chunk], dtype=torch.long)
+                if agg == "plain":
+                    cap_emb = emb[[row[c.text] for c in chunk]]
+                else:
+                    cap_emb = split_embeddings(single, objects)
+                tally = add_counts(tally, _position_share_update(cap_emb @ names.T, objects))
+            out[agg][key] = tally
+    return out
+
+
+def tor_tallies(
+    encoder: Encoder,
+    references: Sequence[str],
+    captions: Mapping[K, list[Caption]],
+    template: str,
+    aggregates: Sequence[Aggregate] = ("plain",),
+) -> dict[str, dict[K, dict[str, torch.Tensor]]]:
+    """:func:`tor_counts` after encoding every needed text in one call."""
+    emb, row = encode_unique(encoder.encode_texts, tor_texts(references, captions, template, aggregates))
+    return tor_counts(emb, row, references, captions, template, aggregates)
+
+
+def _config(opts: object, **extra: object) -> dict[str, object]:
+    return {**dataclasses.asdict(opts), **extra}  # type: ignore[call-overload]
+
+
+def _paper_notes(opts: TorOptions, vocab: list[str], captions: dict[int, list[Caption]]) -> list[str]:
+    import math
+
+    notes = []
+    for n, caps in captions.items():
+        total = math.comb(len(vocab), n)
+        if opts.mode == "paper" and len(caps) < total:
+            notes.append(f"n{n}: {len(caps)} of {total} combinations (seeded subsample; max_captions=0 for all)")
+    return notes
+
+
+@register("tor", needs_probe_set=False, summary="Text-based object retrieval: which named object a caption is nearest.")
+def tor(ctx: ProbeContext) -> ProbeResult:
+    """TOR: for each caption naming n objects, the n nearest vocabulary names (hit when they are the
+    caption's objects) and the nearest one's position; keys ``n{n}/hit_rate``, ``n{n}/share_k``,
+    ``n{n}/share_k_all``, ``n{n}/closest_k``, ``n{n}/bias_index``."""
+    opts = parse_options(TorOptions, ctx.options, "tor")
+    seed = ctx.seed if opts.seed is None else opts.seed
+    vocab = resolve_vocab(ctx)
+    counts = resolve_counts(ctx, opts.n)
+    captions = _captions(opts, vocab, counts, seed)
+    tallies = tor_tallies(ctx.encoder, vocab, captions, opts.template)
+    result = ProbeResult("tor", config=_config(opts, seed=seed, n=counts, vocab=vocab))
+    for n in counts:
+        put_position_shares(result, f"n{n}/", tallies["plain"][n])
+    result.notes += _paper_notes(opts, vocab, captions)
+    return result
+
+
+@probe_options("mitigation")
+@dataclass
+class MitigationOptions(TorOptions):
+    """Options of ``mitigation``: those of ``tor``, plus whether to rerun ``itm`` (needs a probe set)
+    and its number of absent objects per scene (0 = all)."""
+
+    itm: bool = True
+    absent: int = 10
+
+
+@register(
+    "mitigation",
+    needs_probe_set=False,
+    summary="Split and aggregate: TOR (and ITM with a probe set) with order-invariant caption embeddings.",
+)
+def mitigation(ctx: ProbeContext) -> ProbeResult:
+    """Split and aggregate beside the plain result: TOR keys under ``plain/`` and ``split/``
+    (``split/n4/share_1``), and with a probe set ITM's under the same prefixes (``split/n3/scenario2``)."""
+    from clipprobe.probes import matching
+
+    opts = parse_options(MitigationOptions, ctx.options, "mitigation")
+    seed = ctx.seed if opts.seed is None else opts.seed
+    vocab = resolve_vocab(ctx)
+    counts = resolve_counts(ctx, opts.n)
+    captions = _captions(opts, vocab, counts, seed)
+    aggs: tuple[Aggregate, ...] = ("plain", "split")
+    run_itm = opts.itm and ctx.probe_set is not None
+    plan = matching.plan_itm(ctx.probe_set, vocab, opts.absent, seed) if run_itm else None
+    texts = tor_texts(vocab, captions, opts.template, aggs)
+    texts += matching.itm_texts(plan, opts.template, aggs) if plan else []
+    emb, row = encode_unique(ctx.encoder.encode_texts, texts)  # one call for TOR and ITM
+    tallies = tor_counts(emb, row, vocab, captions, opts.template, aggs)
+    result = ProbeResult("mitigation", config=_config(opts, seed=seed, n=counts, vocab=vocab))
+    for agg in aggs:
+        for n in counts:
+            put_position_shares(result, f"{agg}/n{n}/", tallies[agg][n])
+    if plan is not None:
+        itm = matching.itm_counts(ctx.encoder, plan, emb, row, opts.template, aggs)
+        for agg in aggs:
+            matching.put_itm(result, f"{agg}/", itm[agg])
+    elif opts.itm:
+        result.notes.append("itm skipped: no probe set given")
+    result.notes += _paper_notes(opts, vocab, captions)
+    return result
+
+
+# Physical size groups from the COCO vocabulary (the study's claim 1 used its own longer lists).
+LARGE_OBJECTS = ["airplane", "bus", "train", "truck", "boat", "elephant", "giraffe", "bed", "refrigerator", "couch",
+                 "horse", "cow", "bear", "dining table"]  # fmt: skip
+MEDIUM_OBJECTS = ["chair", "bicycle", "dog", "sheep", "suitcase", "tv", "bench", "fire hydrant", "toilet", "sink",
+                  "umbrella", "potted plant"]  # fmt: skip
+SMALL_OBJECTS = ["fork", "spoon", "knife", "toothbrush", "cell phone", "scissors", "remote", "mouse", "cup", "apple",
+                 "banana", "donut", "orange", "wine glass"]  # fmt: skip
+
+
+@probe_options("size_claim")
+@dataclass
+class SizeClaimOptions:
+    """Options of ``size_claim``.
+
+    Attributes:
+        large, medium, small: the three name lists (defaults from COCO names).
+        n: object counts (default 2,3,4).
+        num_captions: captions per group and n; first objects cycle through the group's list.
+        design: ``medium`` (first object, then n-1 medium ones) or ``swap`` (the study's script:
+            first object, n-2 medium ones, and an object of the other group last).
+        template: caption template.
+        seed: sampling seed (default: the run's seed).
+    """
+
+    large: list[str] = field(default_factory=lambda: list(LARGE_OBJECTS))
+    medium: list[str] = field(default_factory=lambda: list(MEDIUM_OBJECTS))
+    small: list[str] = field(default_factory=lambda: list(SMALL_OBJECTS))
+    n: list[int] = field(default_factory=lambda: [2, 3, 4])
+    num_captions: int = 1_000
+    design: Literal["medium", "swap"] = "medium"
+    template: Literal["bare", "article", "a", "long"] = "bare"
+    seed: int | None = None
+
+
+def size_claim_captions(opts: SizeClaimOptions, group: str, n: int, seed: int) -> list[Caption]:
+    """Captions whose first object comes from ``group`` (``large`` or ``small``)."""
+    import random
+
+    first_list = opts.large if group == "large" else opts.small
+    other = opts.small if group == "large" else opts.large
+    n_medium = n - 1 if opts.design == "medium" else n - 2
+    if n_medium > len(opts.medium):
+        raise UserError(f"size_claim needs {n_medium} medium names for n={n}, has {len(opts.medium)}")
+    rng = random.Random(f"clipprobe:{seed}:size_claim:{group}:{n}")
+    caps = []
+    for i in range(opts.num_captions):
+        objs = [first_list[i % len(first_list)], *rng.sample(opts.medium, n_medium)]
+        if opts.design == "swap":
+            objs.append(rng.choice(other))
+        caps.append(Caption(tuple(objs), render(opts.template, objs)))
+    return caps
+
+
+@register("size_claim", needs_probe_set=False, summary="TOR first share for captions led by a large vs a small object.")
+def size_claim(ctx: ProbeContext) -> ProbeResult:
+    """The study's claim 1: the first-mention share is higher when the first object is physically
+    large. Keys ``large/n{n}/share_1``, ``small/n{n}/share_1`` (and the other TOR keys under those
+    prefixes); references are the three lists' names (as in the study's script)."""
+    opts = parse_options(SizeClaimOptions, ctx.options, "size_claim")
+    seed = ctx.seed if opts.seed is None else opts.seed
+    lists = {"large": opts.large, "medium": opts.medium, "small": opts.small}
+    if any(not names for names in lists.values()):
+        raise UserError("size_claim needs non-empty large, medium and small name lists")
+    references = list(dict.fromkeys(opts.large + opts.medium + opts.small))
+    if len(references) < sum(map(len, lists.values())):
+        raise UserError("size_claim's large, medium and small lists overlap; give each name one group")
+    captions = {
+        (group, n): size_claim_captions(opts, group, n, seed)
+        for group in ("large", "small")
+        for n in resolve_counts(ctx, opts.n)
+    }
+    tallies = tor_tallies(ctx.encoder, references, captions, opts.template)
+    result = ProbeResult("size_claim", config=_config(opts, seed=seed))
+    for (group, n), counts in tallies["plain"].items():
+        put_position_shares(result, f"{group}/n{n}/", counts)
+    return result
+
+
+@probe_options("toc")
+@dataclass
+class TocOptions:
+    """Options of ``toc`` (defaults: the study's; reduce ``per_label`` and ``epochs`` for speed).
+
+    Attributes:
+        n: objects per sentence.
+        positions: target positions to classify (default 1..n).
+        per_label: sentences per label and position (study: 2,000, i.e. 180,000 for 90 names).
+        template: sentence template (study: ``a`` = "a A and a B and a C and a D").
+        split: train / validation / test fractions (study: 0.75, 0.10, 0.15; validation is held out
+            and unused, so the test set matches the study's).
+        lr, batch_size, epochs: Adam training of the linear head.
+        seed: sentence sampling, split and training seed (study: 42).
+    """
+
+    n: int = 4
+    positions: list[int] | None = None
+    per_label: int = 2_000
+    template: Literal["bare", "article", "a", "long"] = "a"
+    split: list[float] = field(default_factory=lambda: [0.75, 0.10, 0.15])
+    lr: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 10
+    seed: int = 42
+
+
+def toc_sentences(vocab: Sequence[str], n: int, k: int, per_label: int, seed: int) -> list[tuple[int, tuple[str, ...]]]:
+    """``(label, objects)`` pairs: for each vocabulary name (the label), up to ``per_label`` distinct
+    object sequences with that name at position ``k`` (1-based) and n-1 other random names."""
+    import math
+    import random
+
+    rng = random.Random(f"clipprobe:{seed}:toc:{n}:{k}")
+    out: list[tuple[int, tuple[str, ...]]] = []
+    for label, name in enumerate(vocab):
+        others = [v for v in vocab if v != name]
+        want = min(per_label, math.perm(len(others), n - 1))
+        seen: dict[tuple[str, ...], None] = {}
+        while len(seen) < want:
+            rest = rng.sample(others, n - 1)
+            seen[(*rest[: k - 1], name, *rest[k - 1 :])] = None
+        out += [(label, objs) for objs in seen]
+    return out
+
+
+def _split_sizes(total: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise UserError(f"split must be three fractions summing to 1 (train,val,test), got {list(fractions)}")
+    val, test = int(total * fractions[1]), int(total * fractions[2])
+    return total - val - test, val, test
+
+
+@register("toc", needs_probe_set=False, summary="Text-based object classification: linear probe per position.")
+def toc(ctx: ProbeContext) -> ProbeResult:
+    """TOC: for each position k, a linear classifier on frozen, normalised sentence embeddings
+    predicts the object named at k; key ``n{n}/acc_k`` = held-out (test) accuracy."""
+    opts = parse_options(TocOptions, ctx.options, "toc")
+    vocab = resolve_vocab(ctx)
+    positions = opts.positions or list(range(1, opts.n + 1))
+    if opts.n < 2 or opts.n > len(vocab) or any(not 1 <= k <= opts.n for k in positions):
+        raise UserError(f"toc needs 2 <= n <= {len(vocab)} and positions within 1..n, got n={opts.n}, {positions}")
+    data = {k: toc_sentences(vocab, opts.n, k, opts.per_label, opts.seed) for k in positions}
+    texts = {objs: render(opts.template, objs) for pairs in data.values() for _, objs in pairs}
+    emb, row = encode_unique(ctx.encoder.encode_texts, texts.values())
+    result = ProbeResult("toc", config=_config(opts, positions=positions, vocab=vocab))
+    result.notes.append(f"chance accuracy 1/{len(vocab)} = {1 / len(vocab):.4f}")
+    for k, pairs in data.items():
+        x = emb[[row[texts[objs]] for _, objs in pairs]]
+        y = torch.tensor([label for label, _ in pairs], dtype=torch.long)
+        n_train, _, n_test = _split_sizes(len(pairs), opts.split)
+        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(opts.seed))
+        train, test = order[:n_train], order[len(pairs) - n_test :]
+        preds = linear_probe(
+            x[train], y[train], x[test], len(vocab), lr=opts.lr, batch_size=opts.batch_size, epochs=opts.epochs,
+            seed=opts.seed, progress=ctx.progress, desc=f"toc position {k}",
+        )  # fmt: skip
+        put_share(result, f"n{opts.n}/acc_{k}", int((preds == y[test]).sum()), n_test)
+    return result
