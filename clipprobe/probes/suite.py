@@ -1,0 +1,97 @@
+"""The probe suite: importing this module fills the registry (:data:`clipprobe.probes.base.PROBES`)
+with every probe, and :func:`run_probes` runs a list of them on one encoder.
+
+Used alike by ``clipprobe eval``, the training callback and tests; it never imports lightning or
+wandb. Options are validated for every requested probe before any probe runs, so a typo fails in a
+second, not after an hour of encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from clipprobe.data.probeset import ProbeSet
+from clipprobe.errors import UserError
+from clipprobe.probes import image, matching, text  # noqa: F401  (registers the probes)
+from clipprobe.probes.base import PROBES, Encoder, ProbeContext, ProbeResult
+from clipprobe.probes.common import OPTIONS, parse_options
+
+# Registry order = listing order: text probes, then image probes, then matching.
+_ORDER = ("tor", "toc", "mitigation", "size_claim", "ior", "i2tor", "ioc", "attention", "itm")
+for _name in sorted(PROBES, key=lambda n: _ORDER.index(n) if n in _ORDER else len(_ORDER)):
+    PROBES[_name] = PROBES.pop(_name)
+
+TEXT_PROBES = tuple(name for name, spec in PROBES.items() if not spec.needs_probe_set)
+IMAGE_PROBES = tuple(name for name, spec in PROBES.items() if spec.needs_probe_set)
+
+
+def available_probes() -> dict[str, str]:
+    """Probe name -> one-line summary, in registry order."""
+    return {name: spec.summary for name, spec in PROBES.items()}
+
+
+def validate_probes(
+    names: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None, has_probe_set: bool = True
+) -> None:
+    """Check probe names, their options and whether a probe set is needed, without running anything.
+
+    ``options`` may hold settings for registered probes that are not in ``names`` (a shared config
+    file); those are validated too.
+
+    Raises:
+        UserError: an unknown probe, an unknown or ill-typed option, or an image probe without a probe set.
+    """
+    options = dict(options or {})
+    valid = ", ".join(PROBES)
+    if not names:
+        raise UserError(f"no probes given; choose from {valid}")
+    for name in [*names, *options]:
+        if name not in PROBES:
+            raise UserError(f"unknown probe {name!r}; choose from {valid}")
+    dupes = sorted({n for n in names if list(names).count(n) > 1})
+    if dupes:
+        raise UserError(f"probe {dupes[0]!r} is listed twice; list each probe once")
+    for name, opts in options.items():
+        if opts is not None and not isinstance(opts, Mapping):
+            raise UserError(f"options for probe {name} must be a mapping of option: value, got {opts!r}")
+        parse_options(OPTIONS[name], opts, name)
+    if not has_probe_set:
+        needing = [n for n in names if PROBES[n].needs_probe_set]
+        if needing:
+            raise UserError(f"probe {needing[0]} needs a probe set; pass --probe-set DIR or drop it from --probes")
+
+
+def run_probes(
+    encoder: Encoder,
+    names: list[str],
+    probe_set: ProbeSet | None,
+    vocab: list[str] | None,
+    options: dict[str, dict] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[ProbeResult]:
+    """Run the named probes, in order, on one encoder.
+
+    Args:
+        encoder: anything with the Encoder protocol (``CachedEncoder``, or a planted test encoder).
+        names: probe names (keys of ``PROBES``).
+        probe_set: the scenes and references for image probes; None runs text probes only.
+        vocab: the text vocabulary (None = the probe set's, else the study's 90 COCO names).
+        options: per-probe settings, ``{"tor": {"mode": "paper"}, ...}``.
+        seed: the run's seed (each probe's default seed).
+        progress: show progress bars.
+
+    Returns:
+        One :class:`ProbeResult` per name, in order.
+
+    Raises:
+        UserError: see :func:`validate_probes`.
+    """
+    options = dict(options or {})
+    validate_probes(names, options, has_probe_set=probe_set is not None)
+    results = []
+    for name in names:
+        ctx = ProbeContext(encoder, probe_set, vocab, dict(options.get(name) or {}), seed, progress)
+        results.append(PROBES[name].fn(ctx))
+    return results
