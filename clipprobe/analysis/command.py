@@ -55,7 +55,7 @@ def corpus(
         max_samples: stop after this many samples (default: all).
         out: output folder.
         overwrite: replace a non-empty --out.
-        progress: show a progress bar.
+        progress: show a progress bar (on a terminal).
     """
     if (shards is None) == (coco_captions is None):
         raise UserError("give exactly one corpus: --shards PATTERN or --coco-captions FILE (with --coco-instances)")
@@ -142,7 +142,7 @@ def _tally(
     total = min(filter(None, [len(source) or None, max_samples]), default=None)  # type: ignore[arg-type]
     stats = CorpusStats()
     samples = itertools.islice(source, max_samples)
-    for sample in tqdm(samples, total=total, disable=not progress, unit="caption", desc="analyze corpus"):
+    for sample in tqdm(samples, total=total, disable=None if progress else True, unit="caption", desc="analyze corpus"):
         if not (sample.caption or "").strip():
             stats.skip("no_caption")
             if stats.seen >= FAIL_FAST and stats.skipped["no_caption"] == stats.seen:
@@ -183,11 +183,12 @@ def _row(label: str, row: dict[str, Any], shares: str) -> str:
 def render_markdown(result: dict[str, Any]) -> str:
     """The stats as a markdown page: one row per number of objects, then the skipped captions."""
     cfg = result["config"]
-    corpus = cfg["shards"] or f"{cfg['coco_captions']} + {cfg['coco_instances'] or cfg['detections']}"
+    corpus = cfg["shards"] or cfg["coco_captions"]
+    areas = cfg["detections"] or cfg["coco_instances"] or "each sample's key.json"
     lines = [
         "# Mention order against object area",
         "",
-        f"Corpus: `{corpus}`" + (f"; areas from `{cfg['detections']}`" if cfg["detections"] else "") + ".",
+        f"Corpus: `{corpus}`; areas from `{areas}`.",
         f"Captions seen: {result['captions_seen']}; used: {result['captions_used']}.",
         "",
         "| n | captions | P(largest first) [95%] | baseline | excess [95%] | tau (mean) | tau (pooled) | position shares |",
