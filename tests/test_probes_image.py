@@ -266,3 +266,41 @@ def test_run_probes_validates_before_running():
     with pytest.raises(UserError):
         run_probes(enc, ["tor", "toc"], None, NAMES, {"toc": {"epochs": "many"}}, progress=False)
     assert enc.text_calls == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# every probe, through the real encoding engine, on a generated probe set
+
+
+def test_all_probes_with_the_encoding_engine_are_deterministic(tmp_path, tiny_clip):
+    import json
+
+    import open_clip
+
+    from clipprobe.data.generate import comco
+    from clipprobe.data.probeset import ProbeSet
+    from clipprobe.probes.encode import CachedEncoder
+
+    names = ["airplane", "apple", "banana", "bus", "cat", "clock", "dog", "pizza"]
+    root = comco(out=str(tmp_path / "set"), objects=(2, 3), scenes_per_layout=6, image_size=64, names=names,
+                 workers=1, progress=False)  # fmt: skip
+    ps = ProbeSet.load(root)
+    model, preprocess = tiny_clip
+    options = {
+        "tor": {"num_captions": 30},
+        "toc": {"per_label": 5, "epochs": 1, "n": 3},
+        "mitigation": {"num_captions": 30, "absent": 2},
+        "size_claim": {"num_captions": 10, "n": [2]},
+        "ioc": {"epochs": 1, "min_scenes": 5},
+        "itm": {"absent": 2},
+    }
+    outputs = []
+    for _run in range(2):  # a second run, with a fresh encoder, gives the same bytes
+        enc = CachedEncoder(model, preprocess, open_clip.get_tokenizer("clipprobe-tiny"), "cpu", 64, progress=False)
+        results = run_probes(enc, list(available_probes()), ps, None, options, seed=3, progress=False)
+        outputs.append(json.dumps([r.to_json() for r in results], sort_keys=True))
+        for r in results:
+            assert r.metrics, (r.probe, r.notes)
+            assert set(r.metrics) == set(r.counts) == set(r.intervals), r.probe
+        assert enc.images_encoded == len(ps.scenes) + len(ps.references)  # each image once, across probes
+    assert outputs[0] == outputs[1]

@@ -127,20 +127,18 @@ def itm_counts(
     caption embeddings ``emb`` (``row[text]``); the scene images are encoded here, once each."""
     paths = [str(plan.probe_set.path(s)) for s in plan.scenes]
     images, image_row = encode_unique(encoder.encode_images, paths)
-    out: dict[str, dict[int, dict[str, dict[str, torch.Tensor]]]] = {}
-    for agg in aggregates:
-        out[agg] = {}
+    out: dict[str, dict[int, dict[str, dict[str, torch.Tensor]]]] = {agg: {} for agg in aggregates}
+    for n in sorted({s.n for s in plan.scenes}):  # per n: split embeddings stack n objects a caption
         for scenario in SCENARIOS:
-            pairs = [(s, p) for s, t in zip(plan.scenes, plan.triples, strict=True) for p in t[scenario]]
+            pairs = [(s, p) for s, t in zip(plan.scenes, plan.triples, strict=True) if s.n == n for p in t[scenario]]
             if not pairs:
                 continue
             img = images[[image_row[str(plan.probe_set.path(s))] for s, _ in pairs]]  # [P, D]
-            right = _caption_embeddings([p[0] for _, p in pairs], agg, emb, row, template, plan.names)
-            wrong = _caption_embeddings([p[1] for _, p in pairs], agg, emb, row, template, plan.names)
-            scores_r, scores_w = (img * right).sum(-1), (img * wrong).sum(-1)
-            for n in sorted({s.n for s, _ in pairs}):
-                mask = torch.tensor([s.n == n for s, _ in pairs])
-                out[agg].setdefault(n, {})[scenario] = _preference_update(scores_r[mask], scores_w[mask])
+            for agg in aggregates:
+                right = _caption_embeddings([p[0] for _, p in pairs], agg, emb, row, template, plan.names)
+                wrong = _caption_embeddings([p[1] for _, p in pairs], agg, emb, row, template, plan.names)
+                scores_r, scores_w = (img * right).sum(-1), (img * wrong).sum(-1)
+                out[agg].setdefault(n, {})[scenario] = _preference_update(scores_r, scores_w)
     return out
 
 
