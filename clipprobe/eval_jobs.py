@@ -179,14 +179,15 @@ def resolve_probes(probes: list[str] | None, with_probe_sets: bool) -> dict[str,
 
 
 def check_options(options: dict[str, dict[str, Any]], probes: dict[str, Any]) -> None:
-    """Reject options for probes not run, and (where the probe declares an options class) bad option values."""
-    from clipprobe.probes import common
+    """Check every probe's options (those for registered probes not run are allowed, so one config
+    file can serve several runs) before any model is built.
 
-    for name, values in options.items():
-        if name not in probes:
-            raise UserError(f"--options names probe '{name}', which is not in --probes ({', '.join(probes)})")
-        if name in common.OPTIONS:
-            common.parse_options(common.OPTIONS[name], values, name)
+    Raises:
+        UserError: options for an unknown probe, an unknown option, or a value of the wrong type.
+    """
+    from clipprobe.probes.suite import validate_probes
+
+    validate_probes(list(probes), options, has_probe_set=True)
 
 
 def load_probe_sets(entries: list[str] | None, generate: dict[str, Any] | None) -> list[Any]:

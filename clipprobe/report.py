@@ -173,6 +173,7 @@ FAMILY_TITLES = {
     "acc_{k}": "linear-probe accuracy, by position or slot",
 }
 NOT_SHARES = ("bias_index",)
+PROBE_ORDER = ("tor", "toc", "mitigation", "size_claim", "ior", "i2tor", "ioc", "attention", "itm")
 
 
 def _column_order(col: str | None) -> tuple[int, int, str]:
@@ -214,8 +215,17 @@ def _groups(records: list[Record]) -> dict[tuple[str, str], dict[tuple[int | Non
             g: sorted(keys.values(), key=lambda m: (_column_order(m.column), m.family))
             for g, keys in sorted(groups.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1], _family_rank(kv[0][2])))
         }
-        for s, groups in sorted(out.items())
+        for s, groups in sorted(out.items(), key=lambda kv: (_probe_rank(kv[0][0]), kv[0][1]))
     }
+
+
+def _probe_rank(probe: str) -> tuple[int, str]:
+    return (PROBE_ORDER.index(probe) if probe in PROBE_ORDER else len(PROBE_ORDER), probe)
+
+
+def family_name(family: str) -> str:
+    """``share_{k}`` -> ``share_k``; role families read ``role`` (``{k}_all`` -> ``role_all``)."""
+    return ("role" + family[3:]) if family.startswith("{k}") else family.replace("{k}", "k")
 
 
 def _family_rank(family: str) -> tuple[int, str]:
@@ -275,7 +285,7 @@ def to_markdown(records: list[Record]) -> str:
             title = (
                 "other metrics"
                 if family == "scalars"
-                else f"`{family.replace('{k}', 'k')}`: " + FAMILY_TITLES.get(family, "by position or role")
+                else f"`{family_name(family)}`: " + FAMILY_TITLES.get(family, "by position or role")
             )
             where = " · ".join(p for p in (f"n = {n}" if n is not None else "", variant) if p)
             lines += ["", f"### {where + ' · ' if where else ''}{title}", ""]

@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from clipprobe.report import MetricKey, Record, _column_order, _is_share
+from clipprobe.report import MetricKey, Record, _column_order, _is_share, family_name
 
 CHANCE_FAMILIES = ("share_{k}", "closest_{k}", "{k}", "share_{k}_all", "{k}_all")
 
@@ -92,11 +92,11 @@ def bar_charts(records: list[Record], out: Path) -> list[Path]:
         ax.set_xticks(range(len(keys)), [k.column or "" for k in keys])
         ax.set_ylim(0, 100)
         ax.set_ylabel("%")
-        title = f"{probe} · {target} · n={n} · {family.replace('{k}', 'k')}" + (f" · {variant}" if variant else "")
+        title = f"{probe} · {target} · n={n} · {family_name(family)}" + (f" · {variant}" if variant else "")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out / _fname(target, probe, variant, f"n{n}", family.replace("{k}", "k"))
+        path = out / _fname(target, probe, variant, f"n{n}", family_name(family))
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
@@ -136,12 +136,10 @@ def series_charts(records: list[Record], out: Path) -> list[Path]:
             ax.set_xlabel(xkey.replace("_", " "))
             ax.set_ylabel("%")
             ax.set_ylim(0, 100)
-            ax.set_title(
-                f"{series.split('@')[0]} · {probe} · {target} · n={n} · {family.replace('{k}', 'k')}", fontsize=9
-            )
+            ax.set_title(f"{series.split('@')[0]} · {probe} · {target} · n={n} · {family_name(family)}", fontsize=9)
             ax.legend(fontsize=7)
             fig.tight_layout()
-            path = out / _fname(f"series{number}", target, probe, variant, f"n{n}", family.replace("{k}", "k"))
+            path = out / _fname(f"series{number}", target, probe, variant, f"n{n}", family_name(family))
             fig.savefig(path, dpi=100)
             plt.close(fig)
             written.append(path)

@@ -105,7 +105,7 @@ def test_report_command_writes_csv_markdown_and_plots(results, tmp_path, capsys)
     assert float(row["value"]) == pytest.approx(0.6) and float(row["lo"]) == pytest.approx(0.55)
     assert (out / "results.md").read_text().startswith("# clipprobe results")
     plots = sorted(p.name for p in (out / "plots").iterdir())
-    assert "comco__tor__n4__share_k.png" in plots and "comco__ior__n4__k.png" in plots
+    assert "comco__tor__n4__share_k.png" in plots and "comco__ior__n4__role.png" in plots
     series = [p for p in plots if p.startswith("series0__")]
     assert "series0__comco__tor__n4__closest_k.png" in series
     assert all((out / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
