@@ -192,3 +192,29 @@ def test_toc_planted_first_object_is_recoverable_only_at_position_1():
 def test_toc_rejects_bad_positions():
     with pytest.raises(UserError):
         _run(toc, PlantedTextEncoder(VOCAB), {"n": 3, "positions": [4], "per_label": 2})
+
+
+def test_linear_probe_matches_torch_adam():
+    from clipprobe.probes.common import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(300, 16, generator=g), dim=-1)
+    y = (x @ torch.randn(16, 5, generator=g)).argmax(1)  # linearly separable labels
+    # Reference: autograd + torch.optim.Adam, same initialisation and batch order.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        head = torch.nn.Linear(16, 5)
+    opt = torch.optim.Adam(head.parameters(), lr=0.01)
+    order_gen = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        order = torch.randperm(300, generator=order_gen)
+        for lo in range(0, 300, 32):
+            idx = order[lo : lo + 32]
+            loss = torch.nn.functional.cross_entropy(head(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    want = head(x).argmax(1)
+    got = linear_probe(x[:300], y, x, 5, lr=0.01, batch_size=32, epochs=3, seed=7)
+    assert torch.equal(got, want)
+    assert (got == y).float().mean() > 0.6  # and it learned (chance is 0.2)

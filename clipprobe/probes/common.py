@@ -5,6 +5,7 @@ input once, and the linear probe that TOC and IOC train on frozen embeddings."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -162,21 +163,35 @@ def linear_probe(
     desc: str = "linear probe",
 ) -> torch.Tensor:
     """Train ``Linear(D, num_classes)`` with Adam and cross-entropy on frozen features; return the
-    predicted labels of ``x_eval``. Seeded: same inputs, same predictions (CPU)."""
+    predicted labels of ``x_eval``. Seeded: same inputs, same predictions (CPU).
+
+    The step is written out (softmax-regression gradient, then Adam with torch's defaults:
+    betas 0.9/0.999, eps 1e-8) instead of going through autograd and ``torch.optim.Adam``: the
+    same updates (to float rounding; a test checks it) about 8x faster, which matters for TOC at the
+    study's size (180,000 sentences, batch 32, 10 epochs, per position).
+    """
     from tqdm.auto import tqdm
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = torch.nn.Linear(x_train.shape[1], num_classes)
+        head = torch.nn.Linear(x_train.shape[1], num_classes)  # torch's default initialisation
+    params = [head.weight.detach().clone(), head.bias.detach().clone()]  # W [C, D], b [C]
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+    beta1, beta2, eps, step = 0.9, 0.999, 1e-8, 0
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    x_train, y_train = x_train.float(), y_train.long()
     for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
         order = torch.randperm(len(x_train), generator=gen)
         for lo in range(0, len(order), batch_size):
             idx = order[lo : lo + batch_size]
-            loss = torch.nn.functional.cross_entropy(head(x_train[idx]), y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        return head(x_eval).argmax(dim=1)
+            xb = x_train[idx]  # [B, D]
+            grad = torch.softmax(torch.addmm(params[1], xb, params[0].t()), dim=1)  # [B, C]
+            grad[torch.arange(len(idx)), y_train[idx]] -= 1.0
+            grad /= len(idx)  # d(mean cross-entropy)/d(logits)
+            step += 1
+            for p, g, (m, v) in zip(params, (grad.t() @ xb, grad.sum(0)), moments, strict=True):
+                m.mul_(beta1).add_(g, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
+                p.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
+    return torch.addmm(params[1], x_eval.float(), params[0].t()).argmax(dim=1)
