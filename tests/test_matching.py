@@ -94,9 +94,10 @@ def test_itm_matches_slow_reference(tmp_path):
 
 
 def test_mitigation_with_a_probe_set(tmp_path):
-    ps = tiny_probe_set(tmp_path, NAMES, counts=(3,), per_slot=4)
+    ps = tiny_probe_set(tmp_path, NAMES, counts=(2, 3), per_slot=4)
     enc = _encoder(ps, _large)
     r = mitigation(_ctx(enc, ps, {"num_captions": 30, "absent": 3}))
+    assert r.metrics["split/n2/order_ties"] == 1.0 and r.counts["plain/n2/scenario2"] == 2 * 4 * 3
     assert r.metrics["plain/n3/scenario1"] == 1.0 and r.metrics["plain/n3/scenario2"] == 0.0
     assert r.metrics["split/n3/scenario1"] == 1.0  # the right caption holds the large object, the wrong one not
     assert r.metrics["split/n3/order_ties"] == 1.0  # split captions ignore order exactly
