@@ -132,3 +132,14 @@ def test_models_command_lists_architectures(capsys):
     assert capsys.readouterr().out.split() == ["clipprobe-small", "clipprobe-tiny"]
     main(["models", "--filter", "ViT-B-16-SigLIP", "--pretrained"])
     assert "ViT-B-16-SigLIP  webli" in capsys.readouterr().out.splitlines()
+
+
+def test_missing_package_is_a_user_error(monkeypatch):
+    import open_clip
+
+    def needs_transformers(*args, **kwargs):
+        raise RuntimeError("Please `pip install transformers` to use pre-trained HuggingFace models")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", needs_transformers)
+    with pytest.raises(UserError, match="needs the package 'transformers'; pip install transformers"):
+        load_model("clipprobe-tiny")

@@ -165,20 +165,28 @@ _NETWORK_WORDS = ("connection", "network", "download", "hub", "resolve", "intern
 
 @contextlib.contextmanager
 def _open_clip_errors(name: str, tag: str | None) -> Iterator[None]:
-    """Turn open_clip's failures to fetch weights or configs into one-line UserErrors."""
+    """Turn open_clip's failures to fetch weights or configs, or a missing package, into one-line
+    UserErrors. open_clip also logs each failure at ERROR level; that would be a second, longer copy
+    of the same line, so its logging is held at CRITICAL meanwhile."""
     what = f"{name}" + (f" ({tag})" if tag else "")
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
     try:
         yield
     except ImportError as e:
         raise UserError(f"model {what} needs the missing package '{e.name or e}'; install it with pip") from None
     except (OSError, RuntimeError, ValueError) as e:
         reason = " ".join(str(e).split())
+        if m := re.search(r"pip install ([\w.-]+)", reason):
+            raise UserError(f"model {what} needs the package '{m.group(1)}'; pip install {m.group(1)}") from None
         if not any(w in reason.lower() for w in _NETWORK_WORDS):
             raise
         raise UserError(
             f"could not download weights for {what}: {_clip(reason)}; "
             "check the network, or download them elsewhere and pass the file with --pretrained PATH"
         ) from None
+    finally:
+        logging.disable(previous)
 
 
 def _clip(text: str, limit: int = 160) -> str:
