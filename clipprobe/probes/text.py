@@ -7,6 +7,8 @@ as in the study) and tallies, per number of objects n, which position the neares
 from __future__ import annotations
 
 import dataclasses
+import math
+import random
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -137,8 +139,6 @@ def _config(opts: object, **extra: object) -> dict[str, object]:
 
 
 def _paper_notes(opts: TorOptions, vocab: list[str], captions: dict[int, list[Caption]]) -> list[str]:
-    import math
-
     notes = []
     for n, caps in captions.items():
         total = math.comb(len(vocab), n)
@@ -247,8 +247,6 @@ class SizeClaimOptions:
 
 def size_claim_captions(opts: SizeClaimOptions, group: str, n: int, seed: int) -> list[Caption]:
     """Captions whose first object comes from ``group`` (``large`` or ``small``)."""
-    import random
-
     first_list = opts.large if group == "large" else opts.small
     other = opts.small if group == "large" else opts.large
     n_medium = n - 1 if opts.design == "medium" else n - 2
@@ -319,9 +317,6 @@ class TocOptions:
 def toc_sentences(vocab: Sequence[str], n: int, k: int, per_label: int, seed: int) -> list[tuple[int, tuple[str, ...]]]:
     """``(label, objects)`` pairs: for each vocabulary name (the label), up to ``per_label`` distinct
     object sequences with that name at position ``k`` (1-based) and n-1 other random names."""
-    import math
-    import random
-
     rng = random.Random(f"clipprobe:{seed}:toc:{n}:{k}")
     out: list[tuple[int, tuple[str, ...]]] = []
     for label, name in enumerate(vocab):
