@@ -62,6 +62,7 @@ class Job:
     target: Target
     probe: str
     path: Path
+    weights: str = ""  # the weights part of the file name (tag, checkpoint stem or "random")
 
 
 @dataclass
@@ -235,7 +236,7 @@ def plan_jobs(specs: list[ModelSpec], tgts: list[Target], probes: dict[str, Any]
             for name, probe in probes.items():
                 if _runs_on(probe, tgt, has_vocab_target=any(t.probe_set is None for t in tgts)):
                     fname = RESULT_TEMPLATE.format(model=model, weights=weights, target=tgt.label, probe=_safe(name))
-                    plan.jobs.append(Job(spec, tgt, name, out / fname))
+                    plan.jobs.append(Job(spec, tgt, name, out / fname, weights))
     return plan
 
 

@@ -154,7 +154,7 @@ def write_result(
         "model": loaded.name,
         "pretrained": None if loaded.checkpoint else loaded.pretrained,
         "checkpoint": str(Path(loaded.checkpoint).resolve()) if loaded.checkpoint else None,
-        "weights": job.path.name.split("__")[1],
+        "weights": job.weights,
         "step": loaded.step,
         "samples_seen": loaded.samples_seen,
         "probe_set": job.target.describe(),

@@ -38,7 +38,10 @@ def results(tmp_path):
     files = {
         "ViT-B-32__openai__comco__tor.json": result("ViT-B-32", "openai", "tor", tor(0.55), pretrained="openai"),
         "ViT-B-32__openai__comco__ior.json": result(
-            "ViT-B-32", "openai", "ior", {"n4/large": 0.7, "n4/small_1": 0.1, "n4/small_2": 0.1, "n4/small_3": 0.1},
+            "ViT-B-32",
+            "openai",
+            "ior",
+            {"n4/large": 0.7, "n4/small_1": 0.1, "n4/small_2": 0.1, "n4/small_3": 0.1},
             pretrained="openai",
         ),
         "tiny__random__comco__tor.json": result("clipprobe-tiny", "random", "tor", tor(0.25)),
