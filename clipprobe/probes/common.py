@@ -4,11 +4,12 @@ input once, and the linear probe that TOC and IOC train on frozen embeddings."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -149,6 +150,18 @@ def split_embeddings(single: torch.Tensor, objects: torch.Tensor) -> torch.Tenso
     return torch.nn.functional.normalize(summed, dim=-1)
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one CPU thread inside the block: for many tiny steps ([32, D] x [D, C]) thread
+    hand-offs cost more than they save, and on a shared machine they contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def linear_probe(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -180,18 +193,19 @@ def linear_probe(
     beta1, beta2, eps, step = 0.9, 0.999, 1e-8, 0
     gen = torch.Generator().manual_seed(seed)
     x_train, y_train = x_train.float(), y_train.long()
-    for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
-        order = torch.randperm(len(x_train), generator=gen)
-        for lo in range(0, len(order), batch_size):
-            idx = order[lo : lo + batch_size]
-            xb = x_train[idx]  # [B, D]
-            grad = torch.softmax(torch.addmm(params[1], xb, params[0].t()), dim=1)  # [B, C]
-            grad[torch.arange(len(idx)), y_train[idx]] -= 1.0
-            grad /= len(idx)  # d(mean cross-entropy)/d(logits)
-            step += 1
-            for p, g, (m, v) in zip(params, (grad.t() @ xb, grad.sum(0)), moments, strict=True):
-                m.mul_(beta1).add_(g, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
-                p.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
+    with single_thread():
+        for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+            order = torch.randperm(len(x_train), generator=gen)
+            for lo in range(0, len(order), batch_size):
+                idx = order[lo : lo + batch_size]
+                xb = x_train[idx]  # [B, D]
+                grad = torch.softmax(torch.addmm(params[1], xb, params[0].t()), dim=1)  # [B, C]
+                grad[torch.arange(len(idx)), y_train[idx]] -= 1.0
+                grad /= len(idx)  # d(mean cross-entropy)/d(logits)
+                step += 1
+                for p, g, (m, v) in zip(params, (grad.t() @ xb, grad.sum(0)), moments, strict=True):
+                    m.mul_(beta1).add_(g, alpha=1 - beta1)
+                    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
+                    p.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
     return torch.addmm(params[1], x_eval.float(), params[0].t()).argmax(dim=1)
