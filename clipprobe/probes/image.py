@@ -17,7 +17,7 @@ import torch
 
 from clipprobe.data.probeset import ProbeSet, Scene
 from clipprobe.errors import UserError
-from clipprobe.metrics import _position_share_update, add_counts
+from clipprobe.metrics import _position_share_update
 from clipprobe.probes.base import ProbeContext, ProbeResult, register
 from clipprobe.probes.captions import render
 from clipprobe.probes.common import encode_unique, linear_probe, parse_options, probe_options, resolve_vocab
@@ -72,7 +72,7 @@ def retrieval_result(
             [[index[probe_set.scenes[i].names[k]] for k in role_order(probe_set.scenes[i])] for i in idx],
             dtype=torch.long,
         )
-        counts = add_counts(None, _position_share_update(scene_emb[idx] @ ref_emb.T, objects))
+        counts = _position_share_update(scene_emb[idx] @ ref_emb.T, objects)
         put_position_shares(result, _prefix(variant, n), counts, roles=role_names(n, variant == "large"))
     return result
 
