@@ -1,0 +1,154 @@
+"""CLIPModule: a LightningModule around an open_clip CLIP, trained with open_clip's ClipLoss.
+
+The open_clip model is the attribute ``model`` (so checkpoint keys read ``model.*``), built by
+``open_clip.create_model`` from any registered architecture, clipprobe's own included. Everything
+about devices, precision, gradient clipping and accumulation is the Trainer's business.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from clipprobe.errors import UserError
+
+
+def no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """Gains, biases (1-d), the logit scale (0-d) and embeddings (token, positional, class) get no decay."""
+    return param.ndim < 2 or "embedding" in name or "logit_scale" in name
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear from 1/warmup to 1 over ``warmup`` steps, then cosine down to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class CLIPModule(L.LightningModule):
+    """Contrastive image-text training of an open_clip model.
+
+    Args:
+        model_name: open_clip architecture (``clipprobe-tiny``, ``clipprobe-small``, ``ViT-B-32``, ...).
+        lr: Peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (not applied to gains, biases, embeddings and the logit scale).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_steps: Linear warmup steps.
+        schedule_steps: Steps of the cosine schedule (default: the Trainer's ``max_steps``); set it when a run
+            is stopped early and resumed, so the schedule stays that of the whole run.
+        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+        logit_scale_max: The logit scale (temperature inverse) is clamped to [1, logit_scale_max].
+        local_loss: Compute the loss on local features against gathered ones (saves memory under DDP).
+        gather_with_grad: Gather features with gradients across processes (needed for correct DDP gradients).
+        grad_checkpointing: Activation checkpointing in both towers (less memory, more compute).
+        compile: ``torch.compile`` the model (in place: checkpoint keys stay ``model.*``).
+    """
+
+    def __init__(self, model_name: str = "clipprobe-tiny", lr: float = 5e-4, weight_decay: float = 0.2,
+                 betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6, warmup_steps: int = 500,
+                 schedule_steps: int | None = None, min_lr_ratio: float = 0.0, logit_scale_max: float = 100.0,
+                 local_loss: bool = True, gather_with_grad: bool = True, grad_checkpointing: bool = False,
+                 compile: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_model(model_name)
+        if grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.loss_fn: Any = None
+        self.samples_seen = 0  # over all processes
+        self.skipped = 0  # bad data samples skipped by this process's loader
+
+    def setup(self, stage: str) -> None:
+        """Build the loss for this process's rank, and compile if asked."""
+        from open_clip.loss import ClipLoss
+
+        self.loss_fn = ClipLoss(local_loss=self.hparams.local_loss, gather_with_grad=self.hparams.gather_with_grad,
+                                cache_labels=True, rank=self.global_rank, world_size=self.trainer.world_size)  # fmt: skip
+        if self.hparams.compile and stage == "fit":
+            self.model.compile()
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """open_clip's output dict: ``image_features`` [B, D], ``text_features`` [B, D], ``logit_scale`` []."""
+        return self.model(image, text)
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self(batch["image"], batch["text"])
+        return self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"]), out["logit_scale"]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One contrastive step; logs loss, logit scale, learning rate, samples seen and skipped samples."""
+        loss, scale = self._loss(batch)
+        self.samples_seen += batch["image"].shape[0] * self.trainer.world_size  # equal batches on every rank
+        self.skipped += int(batch.get("skipped", 0))
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else self.hparams.lr
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({"train/logit_scale": scale.detach(), "train/lr": float(lr),
+                       "train/samples_seen": float(self.samples_seen)})  # fmt: skip
+        # every rank logs and reduces its own count: no value computed on rank 0 only (DDP hang trap)
+        skipped = torch.tensor(float(self.skipped), device=self.device)
+        self.log("data/skipped_samples", skipped, reduce_fx="sum", sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Contrastive loss on a validation batch (``val/loss``, averaged over batches and processes)."""
+        loss, _ = self._loss(batch)
+        self.log("val/loss", loss, sync_dist=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the logit scale clamp (to [0, ln logit_scale_max])."""
+        super().optimizer_step(*args, **kwargs)
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(self.hparams.logit_scale_max))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW with two parameter groups (decay / no decay) and a per-step warmup-cosine schedule."""
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in params if not no_weight_decay(n, p)], "weight_decay": self.hparams.weight_decay},
+            {"params": [p for n, p in params if no_weight_decay(n, p)], "weight_decay": 0.0},
+        ]
+        opt = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=self.hparams.eps)
+        total = self.hparams.schedule_steps or int(self.trainer.estimated_stepping_batches)
+        warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, floor))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the architecture, step and samples seen (read by ``clipprobe eval`` and on resume)."""
+        checkpoint["clipprobe"] = {"arch": self.hparams.model_name, "step": self.global_step,
+                                   "samples_seen": self.samples_seen, "skipped": self.skipped}  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the counters that are not parameters."""
+        info = checkpoint.get("clipprobe", {})
+        self.samples_seen = int(info.get("samples_seen", 0))
+        self.skipped = int(info.get("skipped", 0))
+
+
+def create_model(model_name: str) -> torch.nn.Module:
+    """A randomly initialised open_clip model that returns output dicts.
+
+    Raises:
+        UserError: unknown architecture.
+    """
+    import logging
+
+    import open_clip
+
+    from clipprobe.models import register_configs
+
+    register_configs()
+    if model_name not in open_clip.list_models() and not model_name.startswith("hf-hub:"):
+        raise UserError(f"unknown open_clip architecture '{model_name}'; choose one listed by 'clipprobe models'")
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)  # open_clip warns that no pretrained weights were loaded: none are wanted
+    try:
+        return open_clip.create_model(model_name, output_dict=True)
+    finally:
+        root.setLevel(level)
