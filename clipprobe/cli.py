@@ -35,6 +35,8 @@ class Command:
 CommandTree = dict[str, "Command | CommandTree"]
 
 COMMANDS: CommandTree = {
+    "fit": Command("clipprobe.train:fit", "Train a CLIP model on webdataset shards (LightningCLI).", lightning=True),
+    "validate": Command("clipprobe.train:validate", "Validation loss of a checkpoint on shards.", lightning=True),
     "data": {
         "comco": Command("clipprobe.data.generate:comco", "Generate a ComCO probe set (emoji objects, COCO names)."),
         "simco": Command("clipprobe.data.generate:simco", "Generate a SimCO probe set (18 blue shapes)."),

@@ -205,6 +205,13 @@ class ShardLoader(DataLoader):
         self.dataset.start = int(self.position())  # workers start after this and copy the dataset
         return super().__iter__()
 
+    def state_dict(self) -> dict[str, int]:
+        """For Lightning's resumable-loader protocol; the position itself comes from the restored trainer step."""
+        return {"position": int(self.position())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Nothing to restore: ``position()`` reads the restored trainer."""
+
 
 def peek_keys(urls: list[str], image_keys: list[str], caption_key: str) -> None:
     """Read a few samples from the first readable shards; a missing image or caption key fails fast.
