@@ -116,6 +116,11 @@ def _check_image_size(image_size: int, ratio: float, counts: list[int]) -> None:
 _WORKER: dict[str, Any] = {}
 
 
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask where the OS has one, e.g. under SLURM)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _init_worker(kind: str, root: str, image_size: int, geometries: dict[int, Geometry]) -> None:
     _WORKER.update(kind=kind, root=Path(root), image_size=image_size, geometries=geometries)
 
@@ -136,7 +141,8 @@ def _draw_scene(spec: SceneSpec) -> dict[str, Any]:
 
 def _draw_all(specs: list[SceneSpec], workers: int, progress: bool) -> list[str]:
     """Draw every scene; return the metadata rows (JSON) in plan order, which ``imap`` keeps whatever
-    finishes first. The pool is started before the progress bar, so no thread exists at fork time."""
+    finishes first. The pool is started before the progress bar, whose monitor thread must not be
+    forked."""
     from tqdm import tqdm
 
     pool = None
@@ -200,7 +206,7 @@ def generate(cfg: GenConfig, out: str | os.PathLike, overwrite: bool = False, wo
     Raises:
         UserError: ``out`` is not empty and ``overwrite`` is false, or ``workers`` < 1.
     """
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = available_cores() if workers is None else workers
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     out = check_output_dir(out, overwrite)
