@@ -365,7 +365,8 @@ class ShardDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Warn (rank-local, no collective) when the data order cannot match the checkpoint's run."""
-        if state.get("num_workers") not in (None, self.hparams.num_workers):
+        fitting = self.trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and state.get("num_workers") not in (None, self.hparams.num_workers):
             log.warning("resuming with num_workers=%s (checkpoint: %s): the data order differs from the first run",
                         self.hparams.num_workers, state.get("num_workers"))  # fmt: skip
 
