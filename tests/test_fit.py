@@ -112,6 +112,20 @@ def test_resume_equals_one_run(tmp_path: Path, corpus: str) -> None:
     assert half["global_step"] == 4 and half["clipprobe"]["samples_seen"] == 16
 
 
+def test_validation_in_fit_and_validate_command(
+    tmp_path: Path, corpus: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, val = corpus.replace("00003}", "00002}"), corpus.replace("{00000..00003}", "00003")
+    run = tmp_path / "run"
+    metrics = fit(run, train, "--data.val_data", val, "--data.batch_size", "8", "--trainer.max_steps", "4",
+                  "--trainer.val_check_interval", "2")  # fmt: skip
+    assert len(_column(metrics, "val/loss")) == 2
+    main(["validate", "--config", str(RECIPES[0]), *TINY, "--data.val_data", val, "--data.batch_size", "8",
+          "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--trainer.logger", "false",
+          "--trainer.default_root_dir", str(run)])  # fmt: skip
+    assert "val/loss" in capsys.readouterr().out
+
+
 def _corrupt_shards(root: Path, corpus: str) -> str:
     """The corpus's first two shards, plus: a corrupt jpg, a sample without caption, a truncated tar."""
     src = Path(corpus).parent
@@ -143,7 +157,6 @@ def test_faults_are_skipped_and_logged(tmp_path: Path, corpus: str) -> None:
     assert len(_column(metrics, "train/loss")) == 12 and skipped == sorted(skipped) and skipped[-1] >= 3
 
 
-@pytest.mark.slow
 def test_loss_falls_on_the_tiny_recipe(tmp_path: Path, corpus: str) -> None:
     metrics = fit(tmp_path / "run", corpus, "--data.batch_size", "16", "--trainer.max_steps", "100",
                   "--model.warmup_steps", "10")  # fmt: skip

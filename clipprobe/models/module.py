@@ -61,7 +61,7 @@ class CLIPModule(L.LightningModule):
             self.model.set_grad_checkpointing(True)
         self.loss_fn: Any = None
         self.samples_seen = 0  # over all processes
-        self.skipped = 0  # bad data samples skipped by this process's loader
+        self._skipped = torch.zeros(())  # bad samples skipped by this process's loader (on device: no sync a step)
 
     def setup(self, stage: str) -> None:
         """Build the loss for this process's rank, and compile if asked."""
@@ -84,14 +84,14 @@ class CLIPModule(L.LightningModule):
         """One contrastive step; logs loss, logit scale, learning rate, samples seen and skipped samples."""
         loss, scale = self._loss(batch)
         self.samples_seen += batch["image"].shape[0] * self.trainer.world_size  # equal batches on every rank
-        self.skipped += int(batch.get("skipped", 0))
+        if "skipped" in batch:
+            self._skipped = self._skipped.to(batch["skipped"].device) + batch["skipped"]
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else self.hparams.lr
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({"train/logit_scale": scale.detach(), "train/lr": float(lr),
                        "train/samples_seen": float(self.samples_seen)})  # fmt: skip
         # every rank logs and reduces its own count: no value computed on rank 0 only (DDP hang trap)
-        skipped = torch.tensor(float(self.skipped), device=self.device)
-        self.log("data/skipped_samples", skipped, reduce_fx="sum", sync_dist=True)
+        self.log("data/skipped_samples", self._skipped.float(), reduce_fx="sum", sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -99,6 +99,11 @@ class CLIPModule(L.LightningModule):
         loss, _ = self._loss(batch)
         self.log("val/loss", loss, sync_dist=True, batch_size=batch["image"].shape[0])
         return loss
+
+    @property
+    def skipped(self) -> int:
+        """Bad data samples skipped by this process's loader so far (restored on resume)."""
+        return int(self._skipped)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer step, then the logit scale clamp (to [0, ln logit_scale_max])."""
@@ -128,7 +133,7 @@ class CLIPModule(L.LightningModule):
         """Restore the counters that are not parameters."""
         info = checkpoint.get("clipprobe", {})
         self.samples_seen = int(info.get("samples_seen", 0))
-        self.skipped = int(info.get("skipped", 0))
+        self._skipped = torch.tensor(int(info.get("skipped", 0)))
 
 
 def create_model(model_name: str) -> torch.nn.Module:
