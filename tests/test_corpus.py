@@ -87,9 +87,20 @@ def test_captions() -> None:
     )
     assert with_article("apple") == "an apple" and with_article("dog") == "a dog"
     assert with_article("skis") == "a pair of skis"
-    assert caption(["dog", "apple", "car"], 6) == "dog, apple and car on a table."
+    assert caption(["dog", "apple", "car"], 6) == "dog, apple and car in one picture."
     assert caption(["dog", "apple"], 0) == "a photo of a dog and an apple."
     assert parse_counts("1-4") == (1, 2, 3, 4) and parse_counts("2,3") == (2, 3) and parse_counts("3") == (3,)
+
+
+def test_templates_name_only_the_objects() -> None:
+    """A template word that a mention matcher reads as an object ("on a table") would corrupt the statistics."""
+    from clipprobe.analysis.mentions import COCO_SYNONYMS, Matcher
+    from clipprobe.data.corpus import TEMPLATES
+    from clipprobe.data.vocab import COCO_NAMES
+
+    matcher = Matcher(COCO_NAMES, COCO_SYNONYMS)
+    for t in range(len(TEMPLATES)):
+        assert matcher.find(caption(["dog", "hot dog", "eye glasses"], t)) == ["dog", "hot dog", "eye glasses"], t
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from clipprobe.data.sprites import object_names, sprite_at
 from clipprobe.errors import UserError
 from clipprobe.fileio import atomic_write_json, check_output_dir, staged_dir
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: no template word names a COCO object ("table" did)
 MAX_OBJECTS = 6  # more than this does not fit legibly in a small image
 SIZE_RANGE = (0.2, 0.6)  # an object's longer side, as a fraction of the image side
 OPAQUE = 127  # a pixel belongs to an object where its alpha exceeds this
@@ -64,6 +64,7 @@ ORDER_POLICIES: dict[str, Callable[[Rng, Sequence[int], float], list[int]]] = {
 
 # ---------------------------------------------------------------------------------------------
 # Captions. "{list}" gets articles ("a dog, an apple and a car"), "{bare}" none ("dog, apple and car").
+# No template word may name an object or a synonym (clipprobe.analysis.mentions): "on a table" would.
 
 TEMPLATES: tuple[str, ...] = (
     "a photo of {list}.",
@@ -72,7 +73,7 @@ TEMPLATES: tuple[str, ...] = (
     "an image with {list}.",
     "{list} on a plain background.",
     "there is {list} in the picture.",
-    "{bare} on a table.",
+    "{bare} in one picture.",
     "{bare}.",
 )
 _NO_ARTICLE = {"eye glasses": "a pair of eye glasses", "skis": "a pair of skis", "scissors": "a pair of scissors"}
