@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -369,9 +368,3 @@ class ShardDataModule(L.LightningDataModule):
         if fitting and state.get("num_workers") not in (None, self.hparams.num_workers):
             log.warning("resuming with num_workers=%s (checkpoint: %s): the data order differs from the first run",
                         self.hparams.num_workers, state.get("num_workers"))  # fmt: skip
-
-
-def default_workers() -> int:
-    """A sensible ``num_workers`` for this machine (cores per visible GPU, at most 8)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores // max(1, torch.cuda.device_count())))
