@@ -98,3 +98,16 @@ def test_put_position_shares_keys_positions_and_roles():
     merged = ProbeResult("m")
     merge_prefixed(merged, r2, "plain/")
     assert merged.metrics["plain/n3/large"] == 0.75 and merged.counts["plain/n3/large"] == 4
+
+
+def test_stats_and_analysis_do_not_import_torch_or_lightning() -> None:
+    """clipprobe.analysis uses wilson(); neither it nor the stats module may pull in torch or lightning."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, clipprobe.probes.stats, clipprobe.analysis.command; "
+        "print(sorted(m for m in ('torch', 'lightning', 'wandb') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clipprobe.probes.base import ProbeResult
+if TYPE_CHECKING:  # keep this module torch-free: clipprobe.analysis uses wilson()
+    from clipprobe.probes.base import ProbeResult
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
