@@ -1,0 +1,404 @@
+"""``clipprobe experiment emergence``: does caption order cause the first-mention bias? (PROBES.md, section 5)
+
+One tiny CLIP per *condition* is trained from the same seed, for the same steps, on a synthetic
+corpus (:mod:`clipprobe.data.corpus`) that differs only in caption order: ``size_first`` names the
+largest object first with probability ``p_order``, ``random`` shuffles, ``small_first`` names the
+smallest first. The corpora share their images: sample ``i`` draws its objects, sizes and places
+before the order policy runs, so one seed gives the same scenes under every order (templates are
+then drawn after the order and may differ per sample, with the same distribution).
+
+Each condition trains through ``clipprobe fit`` (the same LightningCLI path and recipe), keeping an
+open_clip export every ``every`` steps. The checkpoint series is then probed post hoc: ``tor``
+(balanced, on the corpus' object names), ``ior`` on a ComCO probe set at the corpus' image size,
+and image-to-caption retrieval on a held-out corpus (another seed) within batches of
+``retrieval_batch`` samples, against chance ``1 / retrieval_batch``.
+
+``--out`` gets (atomically) ``emergence.png`` (tor closest_1, ior closest_large and retrieval
+recall@1 against samples seen, one line per condition, Wilson 95% bands), ``results.md`` (final
+values) and ``results.json`` (every checkpoint). Corpora, runs and probe sets live in ``--work``,
+which is reused: finished corpora and runs are not redone, and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipprobe.errors import UserError
+
+PLOT_METRICS = (  # (probe, key template, label, chance template)
+    ("tor", "n{n}/closest_1", "tor closest_1 (first mention nearest)", "1/n"),
+    ("ior", "n{n}/closest_large", "ior closest_large (large object nearest)", "1/n"),
+    ("retrieval", "recall@1", "held-out image->caption recall@1", "1/batch"),
+)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One arm of the experiment: a caption order policy and its probability."""
+
+    order: str
+    p_order: float
+
+    @property
+    def name(self) -> str:
+        return self.order if self.order == "random" else f"{self.order}_p{self.p_order:g}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the experiment depends on besides the conditions (see :func:`emergence` for meanings)."""
+
+    recipe: str
+    fit_args: tuple[str, ...]
+    num_samples: int
+    heldout_samples: int
+    objects: str
+    image_size: int
+    steps: int
+    batch_size: int
+    every: int
+    seed: int
+    tor_n: tuple[int, ...]
+    tor_captions: int
+    probe_scenes: int
+    retrieval_batch: int
+    plot_n: int
+    progress: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and training.
+
+
+def _corpus(cond: Condition, s: Settings, out: Path, num_samples: int, seed: int) -> Path:
+    """Generate (once) the corpus of ``cond``; return its folder."""
+    from clipprobe.data.corpus import CorpusConfig, generate_corpus, parse_counts
+
+    if not (out / "corpus.json").is_file():
+        cfg = CorpusConfig(num_samples, parse_counts(s.objects), cond.order, cond.p_order, 0.0, s.image_size,
+                           1000, seed, 90)  # fmt: skip
+        generate_corpus(cfg, out, overwrite=True, progress=s.progress)
+    return out
+
+
+def _shards(folder: Path) -> str:
+    shards = json.loads((folder / "corpus.json").read_text(encoding="utf-8"))["num_shards"]
+    return str(folder / f"{{00000..{shards - 1:05d}}}.tar")
+
+
+def _last_step(run: Path) -> int:
+    last = run / "checkpoints" / "last.pt"
+    return int(torch.load(last, map_location="cpu")["clipprobe"]["step"]) if last.is_file() else 0
+
+
+def train(cond: Condition, s: Settings, corpus: Path, run: Path) -> None:
+    """``clipprobe fit`` with the recipe on ``corpus``, keeping every export; resume an unfinished run."""
+    from clipprobe.cli import main
+
+    done = _last_step(run)
+    if done >= s.steps:
+        return
+    argv = ["fit", "--config", s.recipe, "--data.train_data", _shards(corpus), "--data.batch_size", str(s.batch_size),
+            "--data.seed", str(s.seed), "--seed_everything", str(s.seed), "--trainer.max_steps", str(s.steps),
+            "--trainer.default_root_dir", str(run), "--checkpoint.every_n_train_steps", str(s.every),
+            "--checkpoint.save_top_k", "-1", "--trainer.enable_progress_bar", str(s.progress).lower(),
+            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run),
+            "--trainer.logger.name", "csv", *s.fit_args]  # fmt: skip
+    main(argv + (["--ckpt_path", "last"] if done else []))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation of one checkpoint.
+
+
+def read_heldout(folder: Path) -> tuple[list[bytes], list[str]]:
+    """JPEG bytes and captions of every sample of a corpus, in shard order."""
+    images, texts = {}, {}
+    for tar_path in sorted(folder.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                key, _, ext = member.name.partition(".")
+                data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                if ext == "jpg":
+                    images[key] = data
+                elif ext == "txt":
+                    texts[key] = data.decode("utf-8")
+    keys = sorted(images)
+    return [images[k] for k in keys], [texts[k] for k in keys]
+
+
+@torch.no_grad()
+def retrieval(model: Any, preprocess: Any, tokenizer: Any, images: list[bytes], texts: list[str],
+              batch: int) -> dict[str, Any]:  # fmt: skip
+    """Image-to-caption recall@1 and @5 within consecutive batches of ``batch`` held-out samples.
+
+    A retrieved caption counts as right when its text equals the true caption (duplicates in a batch).
+    """
+    from PIL import Image
+
+    from clipprobe.probes.stats import wilson
+
+    hits = {1: 0, 5: 0}
+    total = 0
+    for start in range(0, len(images) - batch + 1, batch):  # whole batches only: chance is 1/batch
+        pixels = torch.stack(
+            [preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in images[start : start + batch]]
+        )
+        caps = texts[start : start + batch]
+        img = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)  # [B, D]
+        txt = torch.nn.functional.normalize(model.encode_text(tokenizer(caps)), dim=-1)  # [B, D]
+        ranked = (img @ txt.T).argsort(dim=1, descending=True)[:, :5]  # [B, 5] caption indices
+        for i, row in enumerate(ranked.tolist()):
+            right = [caps[j] == caps[i] for j in row]
+            hits[1] += right[0]
+            hits[5] += any(right)
+        total += len(caps)
+    out: dict[str, Any] = {"metrics": {}, "counts": {}, "intervals": {}, "chance": {}}
+    for k, h in hits.items():
+        key = f"recall@{k}"
+        out["metrics"][key], out["counts"][key] = (h / total if total else math.nan), total
+        out["intervals"][key], out["chance"][key] = list(wilson(h, total)), min(1.0, k / batch)
+    return out
+
+
+def evaluate(model: Any, preprocess: Any, tokenizer: Any, probe_set: Any, vocab: list[str],
+             heldout: tuple[list[bytes], list[str]], s: Settings) -> dict[str, Any]:  # fmt: skip
+    """tor, ior and held-out retrieval of one model: ``{probe: {"metrics", "counts", "intervals", ...}}``."""
+    from clipprobe.probes.encode import CachedEncoder
+    from clipprobe.probes.suite import run_probes
+
+    model.eval()
+    encoder = CachedEncoder(model, preprocess, tokenizer, progress=False, num_workers=0)
+    options = {"tor": {"mode": "balanced", "n": list(s.tor_n), "num_captions": s.tor_captions}}
+    results = run_probes(encoder, ["tor", "ior"], probe_set, vocab, options, seed=s.seed, progress=False)
+    out = {r.probe: r.to_json() for r in results}
+    out["retrieval"] = retrieval(model, preprocess, tokenizer, *heldout, s.retrieval_batch)
+    return out
+
+
+def evaluate_series(run: Path, arch: str, probe_set: Any, vocab: list[str], heldout: tuple[list[bytes], list[str]],
+                    s: Settings) -> list[dict[str, Any]]:  # fmt: skip
+    """Evaluate the random initialisation (seeded) and every ``step=*.pt`` export of ``run``, by step."""
+    from clipprobe.models.load import expand_checkpoints, load_model
+
+    torch.manual_seed(s.seed)  # same init for every condition; step 0 of the curves
+    init = load_model(arch)
+    rows = [{"step": 0, "samples_seen": 0, "checkpoint": None,
+             **evaluate(init.model, init.preprocess, init.tokenizer, probe_set, vocab, heldout, s)}]  # fmt: skip
+    paths = expand_checkpoints(str(run / "checkpoints" / "step=*.pt"))
+    for path in paths:
+        loaded = load_model(arch, str(path))
+        row = evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, probe_set, vocab, heldout, s)
+        rows.append({"step": loaded.step, "samples_seen": loaded.samples_seen, "checkpoint": path.name, **row})
+    return sorted(rows, key=lambda r: r["step"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: plot, table.
+
+
+def _value(row: dict[str, Any], probe: str, key: str) -> tuple[float, float, float, int]:
+    part = row[probe]
+    return part["metrics"][key], *part["intervals"][key], part["counts"][key]
+
+
+def _chance(template: str, n: int, s: Settings) -> float:
+    return {"1/n": 1.0 / n, "1/batch": 1.0 / s.retrieval_batch}[template]
+
+
+def plot(results: dict[str, list[dict[str, Any]]], s: Settings, path: Path) -> None:
+    """One panel per :data:`PLOT_METRICS` entry; one line per condition with its Wilson band; chance dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(5 * len(PLOT_METRICS), 4), squeeze=False)
+    for ax, (probe, key, label, chance) in zip(axes[0], PLOT_METRICS, strict=True):
+        key = key.format(n=s.plot_n)
+        for name, rows in results.items():
+            x = [r["samples_seen"] for r in rows]
+            vals = [_value(r, probe, key) for r in rows]
+            (line,) = ax.plot(x, [v[0] for v in vals], marker="o", ms=3, label=name)
+            ax.fill_between(x, [v[1] for v in vals], [v[2] for v in vals], color=line.get_color(), alpha=0.2)
+        ax.axhline(_chance(chance, s.plot_n, s), color="grey", ls="--", lw=1, label=f"chance ({chance})")
+        ax.set(title=f"{label}" + (f", n={s.plot_n}" if "{n}" in PLOT_METRICS[0][1] and probe != "retrieval" else ""),
+               xlabel="samples seen", ylim=(0, 1))  # fmt: skip
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})  # no version stamp: same run, same bytes
+    plt.close(fig)
+    path.write_bytes(buf.getvalue())
+
+
+def table(results: dict[str, list[dict[str, Any]]], s: Settings) -> str:
+    """Markdown table of the final checkpoint's values with 95% Wilson intervals, one row per condition."""
+    cols = [(f"tor closest_1 n={n}", "tor", f"n{n}/closest_1") for n in s.tor_n]
+    cols += [(f"ior closest_large n={n}", "ior", f"n{n}/closest_large") for n in s.tor_n]
+    cols += [(f"recall@{k}", "retrieval", f"recall@{k}") for k in (1, 5)]
+    lines = ["| condition | samples seen | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for name, rows in results.items():
+        last = rows[-1]
+        cells = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi, _ in (_value(last, p, k) for _, p, k in cols)]
+        lines.append(f"| {name} | {last['samples_seen']:,} | " + " | ".join(cells) + " |")
+    chance = ", ".join(f"{1 / n:.3f} (n={n})" for n in s.tor_n)
+    lines += ["", f"Chance: closest = {chance}; recall@1 = {1 / s.retrieval_batch:.3f}, recall@5 = "
+              f"{min(1.0, 5 / s.retrieval_batch):.3f} (held-out batches of {s.retrieval_batch})."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The command.
+
+
+def parse_condition(spec: str, p_order: float) -> Condition:
+    """``"size_first"`` (with ``p_order``), ``"size_first:1.0"``, ``"random"``.
+
+    Raises:
+        UserError: an unknown order or a probability outside [0, 1].
+    """
+    from clipprobe.data.corpus import ORDER_POLICIES
+
+    order, _, p = spec.partition(":")
+    if order not in ORDER_POLICIES:
+        raise UserError(f"unknown condition {spec!r}; choose from {', '.join(ORDER_POLICIES)} (optionally :P)")
+    try:
+        prob = float(p) if p else p_order
+    except ValueError:
+        raise UserError(f"condition {spec!r}: {p!r} is not a probability; write e.g. size_first:0.9") from None
+    if not 0.0 <= prob <= 1.0:
+        raise UserError(f"condition {spec!r}: p_order must lie in [0, 1], got {prob}")
+    return Condition(order, 1.0 if order == "random" else prob)
+
+
+def _check(s: Settings, conditions: list[Condition]) -> None:
+    checks = [
+        (bool(conditions), "no --conditions given; e.g. --conditions size_first,random"),
+        (len({c.name for c in conditions}) == len(conditions), "--conditions lists a condition twice"),
+        (Path(s.recipe).is_file(), f"recipe {s.recipe} not found; pass --recipe configs/fit/tiny-synthetic.yaml"),
+        (s.steps >= s.every >= 1, f"need steps >= every >= 1, got steps={s.steps}, every={s.every}"),
+        (s.heldout_samples >= s.retrieval_batch >= 2, "need heldout_samples >= retrieval_batch >= 2"),
+        (s.plot_n in s.tor_n, f"--plot-n {s.plot_n} must be one of --tor-n {list(s.tor_n)}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+
+
+def run_condition(cond: Condition, s: Settings, work: Path, probe_set: Any, arch: str) -> list[dict[str, Any]]:
+    """Corpora, training and evaluation of one condition; the timings go into the rows' first entry."""
+    from clipprobe.data.sprites import object_names
+
+    t0 = time.perf_counter()
+    corpus = _corpus(cond, s, work / "corpora" / cond.name, s.num_samples, s.seed)
+    heldout = _corpus(cond, s, work / "corpora" / f"{cond.name}-heldout", s.heldout_samples, s.seed + 1)
+    t1 = time.perf_counter()
+    train(cond, s, corpus, work / "runs" / cond.name)
+    t2 = time.perf_counter()
+    rows = evaluate_series(work / "runs" / cond.name, arch, probe_set, list(object_names("comco")),
+                           read_heldout(heldout), s)  # fmt: skip
+    rows[0]["seconds"] = {"data": t1 - t0, "train": t2 - t1, "eval": time.perf_counter() - t2}
+    return rows
+
+
+def emergence(
+    out: str = "docs/emergence",
+    conditions: list[str] = ["size_first", "random"],  # noqa: B006 (jsonargparse reads the default)
+    p_order: float = 0.9,
+    recipe: str = "configs/fit/tiny-synthetic.yaml",
+    fit_args: list[str] = [],  # noqa: B006
+    num_samples: int = 40_000,
+    heldout_samples: int = 1_000,
+    objects: str = "1-4",
+    image_size: int = 64,
+    steps: int = 2_000,
+    batch_size: int = 128,
+    every: int = 250,
+    seed: int = 0,
+    tor_n: list[int] = [2, 3, 4],  # noqa: B006
+    tor_captions: int = 1_000,
+    probe_scenes: int = 138,
+    retrieval_batch: int = 100,
+    plot_n: int = 3,
+    threads: int | None = None,
+    work: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train one tiny CLIP per caption-order condition and compare their bias curves (PROBES.md, section 5).
+
+    Args:
+        out: Output folder: emergence.png, results.md, results.json (written atomically).
+        conditions: Caption orders: size_first, small_first, random; ORDER:P sets that condition's p.
+        p_order: Probability that size_first (small_first) names the largest (smallest) object first.
+        recipe: The ``clipprobe fit`` recipe every condition trains with.
+        fit_args: Extra ``clipprobe fit`` options, e.g. --model.lr,5e-4 (same for every condition).
+        num_samples: Training corpus size per condition (identical images across conditions).
+        heldout_samples: Held-out corpus size per condition (seed + 1) for retrieval.
+        objects: Objects per corpus image, e.g. 1-4.
+        image_size: Corpus and probe-set image side in pixels.
+        steps: Training steps per condition.
+        batch_size: Training batch size.
+        every: Export a checkpoint every this many steps (the probe cadence).
+        seed: Seed of the corpora, the data order, the model initialisation and the probes.
+        tor_n: Object counts of the tor captions and of the ior probe set's scenes.
+        tor_captions: tor balanced captions per n.
+        probe_scenes: ior probe-set scenes per group (n objects, large slot).
+        retrieval_batch: Held-out retrieval batch size (chance recall@1 = 1 / this).
+        plot_n: The n shown in the plot.
+        threads: torch intra-op threads (default: torch's).
+        work: Folder for corpora, runs and probe sets (default: OUT.work beside OUT); reused when run again.
+        overwrite: Replace a non-empty output folder.
+        progress: Show progress bars.
+    """
+    from clipprobe.data.generate import ensure_probe_set
+    from clipprobe.data.probeset import ProbeSet
+    from clipprobe.fileio import atomic_write_json, atomic_write_text, check_output_dir, staged_dir
+
+    s = Settings(recipe, tuple(fit_args), num_samples, heldout_samples, objects, image_size, steps, batch_size, every,
+                 seed, tuple(tor_n), tor_captions, probe_scenes, retrieval_batch, plot_n, progress)  # fmt: skip
+    conds = [parse_condition(c, p_order) for c in conditions]
+    _check(s, conds)
+    out_path = check_output_dir(out, overwrite)
+    work_path = Path(work) if work else out_path.with_name(out_path.name + ".work")
+    probe_set = ProbeSet.load(ensure_probe_set("comco", work_path / "probesets", objects=tuple(tor_n),
+                                               scenes_per_layout=probe_scenes, image_size=image_size,
+                                               equal_size=False, seed=seed, progress=progress))  # fmt: skip
+    arch = _recipe_arch(recipe, fit_args)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or old_threads)
+    start = time.perf_counter()
+    try:
+        results = {c.name: run_condition(c, s, work_path, probe_set, arch) for c in conds}
+    finally:
+        torch.set_num_threads(old_threads)
+    summary = {"settings": {**s.__dict__, "conditions": [c.__dict__ for c in conds], "arch": arch,
+                            "threads": threads or old_threads}, "seconds": time.perf_counter() - start,
+               "results": results}  # fmt: skip
+    with staged_dir(out_path) as root:
+        plot(results, s, root / "emergence.png")
+        atomic_write_text(root / "results.md", table(results, s))
+        atomic_write_json(root / "results.json", summary)
+    print(table(results, s) + f"\nwrote {out_path} in {summary['seconds'] / 60:.1f} min (work: {work_path})")
+    return out_path
+
+
+def _recipe_arch(recipe: str, fit_args: list[str]) -> str:
+    """The model architecture a recipe (and its overrides) trains."""
+    import yaml
+
+    arch = (yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}).get("model", {}).get("model_name")
+    for flag, value in zip(fit_args, fit_args[1:], strict=False):
+        if flag.replace("-", "_") == "--model.model_name":
+            arch = value
+    return arch or "clipprobe-tiny"
