@@ -295,8 +295,10 @@ def _check(s: Settings, conditions: list[Condition]) -> None:
             raise UserError(msg)
 
 
-def run_condition(cond: Condition, s: Settings, work: Path, probe_set: Any, arch: str) -> list[dict[str, Any]]:
-    """Corpora, training and evaluation of one condition; the timings go into the rows' first entry."""
+def run_condition(
+    cond: Condition, s: Settings, work: Path, probe_set: Any, arch: str
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Corpora, training and evaluation of one condition: the evaluated series and the seconds of each part."""
     from clipprobe.data.sprites import object_names
 
     t0 = time.perf_counter()
@@ -307,8 +309,7 @@ def run_condition(cond: Condition, s: Settings, work: Path, probe_set: Any, arch
     t2 = time.perf_counter()
     rows = evaluate_series(work / "runs" / cond.name, arch, probe_set, list(object_names("comco")),
                            read_heldout(heldout), s)  # fmt: skip
-    rows[0]["seconds"] = {"data": t1 - t0, "train": t2 - t1, "eval": time.perf_counter() - t2}
-    return rows
+    return rows, {"data": t1 - t0, "train": t2 - t1, "eval": time.perf_counter() - t2}
 
 
 def emergence(
@@ -379,17 +380,18 @@ def emergence(
     torch.set_num_threads(threads or old_threads)
     start = time.perf_counter()
     try:
-        results = {c.name: run_condition(c, s, work_path, probe_set, arch) for c in conds}
+        done = {c.name: run_condition(c, s, work_path, probe_set, arch) for c in conds}
     finally:
         torch.set_num_threads(old_threads)
-    summary = {"settings": {**s.__dict__, "conditions": [c.__dict__ for c in conds], "arch": arch,
-                            "threads": threads or old_threads}, "seconds": time.perf_counter() - start,
-               "results": results}  # fmt: skip
-    with staged_dir(out_path) as root:
+    results = {name: rows for name, (rows, _) in done.items()}
+    timing = {"total": time.perf_counter() - start, **{name: secs for name, (_, secs) in done.items()}}
+    settings = {**s.__dict__, "conditions": [c.__dict__ for c in conds], "arch": arch}
+    with staged_dir(out_path) as root:  # results.json: same settings, same bytes; timings apart
         plot(results, s, root / "emergence.png")
         atomic_write_text(root / "results.md", table(results, s))
-        atomic_write_json(root / "results.json", summary)
-    print(table(results, s) + f"\nwrote {out_path} in {summary['seconds'] / 60:.1f} min (work: {work_path})")
+        atomic_write_json(root / "results.json", {"settings": settings, "results": results})
+        atomic_write_json(root / "timing.json", {**timing, "threads": threads or old_threads})
+    print(table(results, s) + f"\nwrote {out_path} in {timing['total'] / 60:.1f} min (work: {work_path})")
     return out_path
 
 
