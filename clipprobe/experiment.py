@@ -1,22 +1,17 @@
 """``clipprobe experiment emergence``: does caption order cause the first-mention bias? (PROBES.md, section 5)
 
-One tiny CLIP per *condition* is trained from the same seed, for the same steps, on a synthetic
-corpus (:mod:`clipprobe.data.corpus`) that differs only in caption order: ``size_first`` names the
-largest object first with probability ``p_order``, ``random`` shuffles, ``small_first`` names the
-smallest first. The corpora share their images: sample ``i`` draws its objects, sizes and places
-before the order policy runs, so one seed gives the same scenes under every order (templates are
-then drawn after the order and may differ per sample, with the same distribution).
+One tiny CLIP per *condition* trains through ``clipprobe fit`` (same recipe, seed, steps and checkpoint
+cadence) on a synthetic corpus (:mod:`clipprobe.data.corpus`) that differs only in caption order:
+``size_first`` / ``small_first`` name the largest / smallest object first with probability ``p_order``,
+``random`` shuffles. The corpora share their images: sample ``i`` draws its objects, sizes and places
+before the order policy runs (its template is drawn after, so it may differ, with the same distribution).
 
-Each condition trains through ``clipprobe fit`` (the same LightningCLI path and recipe), keeping an
-open_clip export every ``every`` steps. The checkpoint series is then probed post hoc: ``tor``
-(balanced, on the corpus' object names), ``ior`` on a ComCO probe set at the corpus' image size,
-and image-to-caption retrieval on a held-out corpus (another seed) within batches of
-``retrieval_batch`` samples, against chance ``1 / retrieval_batch``.
-
-``--out`` gets (atomically) ``emergence.png`` (tor closest_1, ior closest_large and retrieval
-recall@1 against samples seen, one line per condition, Wilson 95% bands), ``results.md`` (final
-values) and ``results.json`` (every checkpoint). Corpora, runs and probe sets live in ``--work``,
-which is reused: finished corpora and runs are not redone, and an interrupted run resumes.
+The exported checkpoints are probed post hoc: ``tor`` (balanced, on the corpus' object names), ``ior``
+on a ComCO probe set at the corpus' image size, and image-to-caption retrieval on a held-out corpus
+(seed + 1) within batches of ``retrieval_batch`` (chance ``1 / retrieval_batch``). ``--out`` gets,
+atomically, ``emergence.png`` (one line per condition, Wilson 95% bands), ``results.md`` (final values),
+``results.json`` (every checkpoint) and ``timing.json``. Corpora, runs and probe sets live in ``--work``,
+which is reused: finished corpora and runs are not redone, an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -51,6 +46,10 @@ class Condition:
     @property
     def name(self) -> str:
         return self.order if self.order == "random" else f"{self.order}_p{self.p_order:g}"
+
+
+TRAINING = ("recipe", "fit_args", "num_samples", "heldout_samples", "objects", "image_size", "steps", "batch_size",
+            "every", "seed")  # fmt: skip  # the Settings a run folder's corpora and checkpoints depend on
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,17 @@ def _shards(folder: Path) -> str:
 def _last_step(run: Path) -> int:
     last = run / "checkpoints" / "last.pt"
     return int(torch.load(last, map_location="cpu")["clipprobe"]["step"]) if last.is_file() else 0
+
+
+def _claim(run: Path, settings: dict[str, Any]) -> None:
+    """Record what a run folder trains; refuse to reuse one made with other settings."""
+    from clipprobe.fileio import atomic_write_json
+
+    record = run / "experiment.json"
+    settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
+    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != settings:
+        raise UserError(f"{run} was trained with other settings (see {record}); pass another --work or delete it")
+    atomic_write_json(record, settings)
 
 
 def train(cond: Condition, s: Settings, corpus: Path, run: Path) -> None:
@@ -185,25 +195,20 @@ def evaluate(model: Any, preprocess: Any, tokenizer: Any, probe_set: Any, vocab:
     return out
 
 
-def evaluate_series(run: Path, arch: str, probe_set: Any, vocab: list[str], heldout: tuple[list[bytes], list[str]],
+def evaluate_series(run: Path, probe_set: Any, vocab: list[str], heldout: tuple[list[bytes], list[str]],
                     s: Settings) -> list[dict[str, Any]]:  # fmt: skip
     """Evaluate the random initialisation (seeded) and every ``step=*.pt`` export of ``run``, by step."""
-    from clipprobe.models.load import expand_checkpoints, load_model
+    from clipprobe.models.load import expand_checkpoints, load_model, read_checkpoint
 
-    torch.manual_seed(s.seed)  # same init for every condition; step 0 of the curves
-    init = load_model(arch)
-    rows = [{"step": 0, "samples_seen": 0, "checkpoint": None,
-             **evaluate(init.model, init.preprocess, init.tokenizer, probe_set, vocab, heldout, s)}]  # fmt: skip
     paths = expand_checkpoints(str(run / "checkpoints" / "step=*.pt"))
-    for path in paths:
-        loaded = load_model(arch, str(path))
-        row = evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, probe_set, vocab, heldout, s)
-        rows.append({"step": loaded.step, "samples_seen": loaded.samples_seen, "checkpoint": path.name, **row})
+    arch = read_checkpoint(paths[0]).arch
+    torch.manual_seed(s.seed)  # same init for every condition; step 0 of the curves
+    models = [(None, load_model(arch))] + [(p.name, load_model(arch, str(p))) for p in paths]
+    rows = []
+    for name, m in models:
+        row = evaluate(m.model, m.preprocess, m.tokenizer, probe_set, vocab, heldout, s)
+        rows.append({"arch": arch, "step": m.step or 0, "samples_seen": m.samples_seen or 0, "checkpoint": name, **row})
     return sorted(rows, key=lambda r: r["step"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Output: plot, table.
 
 
 def _value(row: dict[str, Any], probe: str, key: str) -> tuple[float, float, float, int]:
@@ -223,16 +228,15 @@ def plot(results: dict[str, list[dict[str, Any]]], s: Settings, path: Path) -> N
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(5 * len(PLOT_METRICS), 4), squeeze=False)
-    for ax, (probe, key, label, chance) in zip(axes[0], PLOT_METRICS, strict=True):
-        key = key.format(n=s.plot_n)
+    for ax, (probe, template, label, chance) in zip(axes[0], PLOT_METRICS, strict=True):
+        key = template.format(n=s.plot_n)
         for name, rows in results.items():
             x = [r["samples_seen"] for r in rows]
             vals = [_value(r, probe, key) for r in rows]
             (line,) = ax.plot(x, [v[0] for v in vals], marker="o", ms=3, label=name)
             ax.fill_between(x, [v[1] for v in vals], [v[2] for v in vals], color=line.get_color(), alpha=0.2)
         ax.axhline(_chance(chance, s.plot_n, s), color="grey", ls="--", lw=1, label=f"chance ({chance})")
-        ax.set(title=f"{label}" + (f", n={s.plot_n}" if "{n}" in PLOT_METRICS[0][1] and probe != "retrieval" else ""),
-               xlabel="samples seen", ylim=(0, 1))  # fmt: skip
+        ax.set(title=label + (f", n={s.plot_n}" if "{n}" in template else ""), xlabel="samples seen", ylim=(0, 1))
         ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -255,10 +259,6 @@ def table(results: dict[str, list[dict[str, Any]]], s: Settings) -> str:
     lines += ["", f"Chance: closest = {chance}; recall@1 = {1 / s.retrieval_batch:.3f}, recall@5 = "
               f"{min(1.0, 5 / s.retrieval_batch):.3f} (held-out batches of {s.retrieval_batch})."]  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# The command.
 
 
 def parse_condition(spec: str, p_order: float) -> Condition:
@@ -296,18 +296,19 @@ def _check(s: Settings, conditions: list[Condition]) -> None:
 
 
 def run_condition(
-    cond: Condition, s: Settings, work: Path, probe_set: Any, arch: str
+    cond: Condition, s: Settings, work: Path, probe_set: Any
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Corpora, training and evaluation of one condition: the evaluated series and the seconds of each part."""
     from clipprobe.data.sprites import object_names
 
+    _claim(work / "runs" / cond.name, {"condition": cond.__dict__, **{k: getattr(s, k) for k in TRAINING}})
     t0 = time.perf_counter()
     corpus = _corpus(cond, s, work / "corpora" / cond.name, s.num_samples, s.seed)
     heldout = _corpus(cond, s, work / "corpora" / f"{cond.name}-heldout", s.heldout_samples, s.seed + 1)
     t1 = time.perf_counter()
     train(cond, s, corpus, work / "runs" / cond.name)
     t2 = time.perf_counter()
-    rows = evaluate_series(work / "runs" / cond.name, arch, probe_set, list(object_names("comco")),
+    rows = evaluate_series(work / "runs" / cond.name, probe_set, list(object_names("comco")),
                            read_heldout(heldout), s)  # fmt: skip
     return rows, {"data": t1 - t0, "train": t2 - t1, "eval": time.perf_counter() - t2}
 
@@ -375,17 +376,16 @@ def emergence(
     probe_set = ProbeSet.load(ensure_probe_set("comco", work_path / "probesets", objects=tuple(tor_n),
                                                scenes_per_layout=probe_scenes, image_size=image_size,
                                                equal_size=False, seed=seed, progress=progress))  # fmt: skip
-    arch = _recipe_arch(recipe, fit_args)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads or old_threads)
     start = time.perf_counter()
     try:
-        done = {c.name: run_condition(c, s, work_path, probe_set, arch) for c in conds}
+        done = {c.name: run_condition(c, s, work_path, probe_set) for c in conds}
     finally:
         torch.set_num_threads(old_threads)
     results = {name: rows for name, (rows, _) in done.items()}
     timing = {"total": time.perf_counter() - start, **{name: secs for name, (_, secs) in done.items()}}
-    settings = {**s.__dict__, "conditions": [c.__dict__ for c in conds], "arch": arch}
+    settings = {**s.__dict__, "conditions": [c.__dict__ for c in conds]}
     with staged_dir(out_path) as root:  # results.json: same settings, same bytes; timings apart
         plot(results, s, root / "emergence.png")
         atomic_write_text(root / "results.md", table(results, s))
@@ -393,14 +393,3 @@ def emergence(
         atomic_write_json(root / "timing.json", {**timing, "threads": threads or old_threads})
     print(table(results, s) + f"\nwrote {out_path} in {timing['total'] / 60:.1f} min (work: {work_path})")
     return out_path
-
-
-def _recipe_arch(recipe: str, fit_args: list[str]) -> str:
-    """The model architecture a recipe (and its overrides) trains."""
-    import yaml
-
-    arch = (yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}).get("model", {}).get("model_name")
-    for flag, value in zip(fit_args, fit_args[1:], strict=False):
-        if flag.replace("-", "_") == "--model.model_name":
-            arch = value
-    return arch or "clipprobe-tiny"

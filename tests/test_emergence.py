@@ -127,3 +127,6 @@ def test_emergence_end_to_end(tmp_path: Path) -> None:
     main([*argv, "--overwrite"])
     assert (out / "results.json").read_bytes() == before
     assert (work / "runs" / "random" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == mtime  # not retrained
+    with pytest.raises(SystemExit) as exc:  # a work folder trained with other settings is not reused
+        main([*argv, "--overwrite", "--steps", "12"])
+    assert exc.value.code == 2 and (out / "results.json").read_bytes() == before
