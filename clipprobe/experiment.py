@@ -180,6 +180,11 @@ def retrieval(model: Any, preprocess: Any, tokenizer: Any, images: list[bytes], 
     return out
 
 
+def probe_options(s: Settings) -> dict[str, dict[str, Any]]:
+    """The probes' options (tor: balanced captions in the bare template, on the corpus' objects)."""
+    return {"tor": {"mode": "balanced", "template": "bare", "n": list(s.tor_n), "num_captions": s.tor_captions}}
+
+
 def evaluate(model: Any, preprocess: Any, tokenizer: Any, probe_set: Any, vocab: list[str],
              heldout: tuple[list[bytes], list[str]], s: Settings) -> dict[str, Any]:  # fmt: skip
     """tor, ior and held-out retrieval of one model: ``{probe: {"metrics", "counts", "intervals", ...}}``."""
@@ -188,9 +193,8 @@ def evaluate(model: Any, preprocess: Any, tokenizer: Any, probe_set: Any, vocab:
 
     model.eval()
     encoder = CachedEncoder(model, preprocess, tokenizer, progress=False, num_workers=0)
-    options = {"tor": {"mode": "balanced", "n": list(s.tor_n), "num_captions": s.tor_captions}}
-    results = run_probes(encoder, ["tor", "ior"], probe_set, vocab, options, seed=s.seed, progress=False)
-    out = {r.probe: r.to_json() for r in results}
+    results = run_probes(encoder, ["tor", "ior"], probe_set, vocab, probe_options(s), seed=s.seed, progress=False)
+    out = {r.probe: {"metrics": r.metrics, "counts": r.counts, "intervals": r.intervals} for r in results}
     out["retrieval"] = retrieval(model, preprocess, tokenizer, *heldout, s.retrieval_batch)
     return out
 
@@ -389,7 +393,8 @@ def emergence(
     with staged_dir(out_path) as root:  # results.json: same settings, same bytes; timings apart
         plot(results, s, root / "emergence.png")
         atomic_write_text(root / "results.md", table(results, s))
-        atomic_write_json(root / "results.json", {"settings": settings, "results": results})
+        summary = {"settings": settings, "probe_options": probe_options(s), "results": results}
+        atomic_write_text(root / "results.json", json.dumps(summary, sort_keys=True, separators=(",", ":")) + "\n")
         atomic_write_json(root / "timing.json", {**timing, "threads": threads or old_threads})
     print(table(results, s) + f"\nwrote {out_path} in {timing['total'] / 60:.1f} min (work: {work_path})")
     return out_path
