@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# Stop the daemons that slurm/local/start.sh started (slurmd, slurmctld, munged).
+# Stop the daemons that slurm/local/start.sh started (listed in $STATE/started), and no others.
 STATE=${CLIPPROBE_SLURM_STATE:-/var/tmp/clipprobe-slurm}
-for pidfile in "$STATE/slurmd.pid" "$STATE/slurmctld.pid"; do
-  [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null
+[ -s "$STATE/started" ] || exit 0
+pids=()
+while read -r name pid; do
+  # the pid must still be that daemon (not a recycled pid)
+  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ]; then
+    kill "$pid" && pids+=("$pid")
+  fi
+done < <(tac "$STATE/started")  # slurmd first, munged last
+for _ in $(seq 1 20); do
+  left=0
+  for pid in "${pids[@]}"; do [ -d "/proc/$pid" ] && left=1; done
+  [ "$left" = 0 ] && break
+  sleep 0.5
 done
-pkill -x slurmd 2>/dev/null; pkill -x slurmctld 2>/dev/null; pkill -x munged 2>/dev/null
-sleep 1
-exit 0
+rm -f "$STATE/started"
