@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from clipprobe import slurm
 from clipprobe.data.shards import ShardDataModule
 from clipprobe.errors import UserError
 from clipprobe.fileio import atomic_write_json, atomic_write_text
@@ -90,9 +91,17 @@ class ClipprobeCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Fail fast on a checkpoint path that does not exist (Lightning would fail after building everything)."""
-        ckpt = self.config[self.subcommand].get("ckpt_path")
+        config = self.config[self.subcommand]
+        ckpt = config.get("ckpt_path")
         if ckpt and ckpt not in LOOKUP_CKPT and "://" not in str(ckpt) and not Path(ckpt).is_file():
             raise UserError(f"checkpoint {ckpt} not found; pass an existing .ckpt or --ckpt_path last")
+        if self.subcommand == "fit" and not ckpt:  # a requeued SLURM job resumes by itself (clipprobe.slurm)
+            config.ckpt_path = slurm.resume_path(config.trainer.default_root_dir, config.checkpoint.dirpath)
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """Under SLURM, requeue at a step boundary (:class:`clipprobe.slurm.SlurmRequeue`), not in a signal handler."""
+        config = self._get(self.config_init, "trainer", default={})
+        return super().instantiate_trainer(**{**slurm.trainer_kwargs(config, self.subcommand == "fit"), **kwargs})
 
 
 # Lightning warnings that do not apply here: the CLI is called with args on purpose; the stream's
@@ -129,10 +138,13 @@ def _run(subcommand: str, argv: list[str]) -> None:
     except ArgumentError as e:
         msg = " ".join(str(e).split())
         raise UserError(f"{msg[:400]} (see 'clipprobe {subcommand} --help')") from None
+    except slurm.Requeued as stop:
+        slurm.requeue(stop)
 
 
 def fit(argv: list[str]) -> None:
     """Train a CLIP model on webdataset shards (LightningCLI: --config recipe.yaml, --model.*, --data.*, --trainer.*)."""
+    slurm.catch_requeue_signal()  # from the start: SIGUSR1's default action would kill the task
     _run("fit", argv)
 
 
