@@ -47,6 +47,7 @@ COMMANDS: CommandTree = {
     "models": Command("clipprobe.models.load:models", "List model architectures and pretrained tags."),
     "eval": Command("clipprobe.evaluate:evaluate", "Run probes on models or checkpoints; one results JSON per job."),
     "report": Command("clipprobe.report:report", "Aggregate results JSON files into a CSV, markdown tables and plots."),
+    "plot": Command("clipprobe.plot:plot", "PNG bias curves and loss of a training run (probes.jsonl, metrics.csv)."),
     "experiment": {"emergence": Command("clipprobe.experiment:emergence", "Train one tiny CLIP per caption order; compare bias curves.")},
     "analyze": {
         "corpus": Command("clipprobe.analysis.command:corpus", "Mention order against object area in a caption corpus."),
