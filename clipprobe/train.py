@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from clipprobe import slurm
 from clipprobe.data.shards import ShardDataModule
 from clipprobe.errors import UserError
 from clipprobe.fileio import atomic_write_json, atomic_write_text
+from clipprobe.loggers import fill_logger_dirs
 from clipprobe.models.export import ExportingCheckpoint
 from clipprobe.models.module import CLIPModule
 
@@ -32,9 +34,11 @@ class RunConfig(SaveConfigCallback):
     """Saves the resolved configuration as ``<default_root_dir>/config.yaml`` (rank 0, atomically)."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Write the config beside the checkpoints, whatever the logger."""
+        """Write the config beside the checkpoints, whatever the logger, and log it to the loggers."""
         text = self.parser.dump(self.config, skip_none=False)
         atomic_write_text(Path(trainer.default_root_dir) / self.config_filename, text)
+        for logger in trainer.loggers:  # the run's whole config in W&B (and hparams.yaml of CSV loggers)
+            logger.log_hyperparams(yaml.safe_load(text))
 
 
 class StepTimer(L.Callback):
@@ -88,6 +92,11 @@ class ClipprobeCLI(LightningCLI):
         parser.link_arguments("model.model_name", "data.model_name")
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
         parser.set_defaults({"trainer.default_root_dir": "runs/clipprobe"})
+
+    def instantiate_classes(self) -> None:
+        """Build everything; loggers configured with ``save_dir: null`` write into the run folder."""
+        fill_logger_dirs(self.config[self.subcommand])
+        super().instantiate_classes()
 
     def before_instantiate_classes(self) -> None:
         """Fail fast on a checkpoint path that does not exist (Lightning would fail after building everything)."""
