@@ -130,9 +130,14 @@ def _parse_model_line(line: str) -> ModelSpec | None:
 
 
 def model_specs(
-    model: str | None, pretrained: str | None, models: list[str] | None, checkpoints: str | None
+    model: str | None,
+    pretrained: str | None,
+    models: list[str] | None,
+    checkpoints: str | None,
+    index: int | None = None,
 ) -> list[ModelSpec]:
-    """Every model to evaluate, in order: ``--model``/``--pretrained``, then ``--models``, then ``--checkpoints``.
+    """Every model to evaluate, in order: ``--model``/``--pretrained``, then ``--models``, then ``--checkpoints``;
+    only the ``index``-th of them (from 0) when an index is given (``--model_index``, one array task).
 
     ``--models`` entries are files of lines ``name pretrained`` or such lines themselves (YAML lists).
     """
@@ -155,6 +160,12 @@ def model_specs(
         raise UserError(
             "no model given; pass --model NAME [--pretrained TAG|PATH], --models FILE or --checkpoints GLOB"
         )
+    if index is not None:
+        if not 0 <= index < len(specs):
+            raise UserError(
+                f"--model_index {index} is out of range: {len(specs)} model(s) given, so 0 to {len(specs) - 1}"
+            )
+        specs = [specs[index]]
     # Check every source before any model is built; files need their architecture for the result names.
     return [ModelSpec(s.name, s.pretrained, check_source(s.name, s.pretrained)) for s in specs]
 

@@ -40,6 +40,7 @@ def evaluate(
     pretrained: str | None = None,
     models: list[str] | None = None,
     checkpoints: str | None = None,
+    model_index: int | None = None,
     probes: list[str] | None = None,
     probe_set: list[str] | None = None,
     generate: dict[str, Any] | None = None,
@@ -64,6 +65,9 @@ def evaluate(
         pretrained: pretrained tag (``openai``) or checkpoint file; none = random initialisation.
         models: files of lines ``name pretrained`` (``#`` comments), or such lines themselves (in YAML).
         checkpoints: glob of checkpoint files (a training progression), evaluated in step order.
+        model_index: evaluate only the model at this position (from 0) in the list of all models given
+            (--model, --models lines, --checkpoints, in that order); e.g. one task of an array job, with
+            $SLURM_ARRAY_TASK_ID (slurm/eval.sbatch).
         probes: probe names (default: all that can run; image probes need --probe-set): tor, toc, mitigation,
             size_claim, ior, i2tor, ioc, itm, attention (PROBES.md).
         probe_set: probe set folders (own or the study's layout), or ``comco``/``simco`` to generate one
@@ -87,7 +91,7 @@ def evaluate(
     config["device"] = device = resolve_device(device)
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    specs = model_specs(model, pretrained, models, checkpoints)
+    specs = model_specs(model, pretrained, models, checkpoints, model_index)
     chosen = resolve_probes(probes, with_probe_sets=bool(probe_set))
     check_options(dict(options or {}), chosen)
     sets = load_probe_sets(probe_set, generate)
