@@ -6,9 +6,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup system demo test test-fast lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) system
+
+# System packages: Debian's SLURM and munge, for the SLURM tests and slurm/local (apt-get, when root and
+# missing; quick when installed). Without root the SLURM tests are skipped and say why.
+system:
+	@slurm/local/install.sh || echo "setup: SLURM not installed (needs root and apt-get); the SLURM tests will be skipped"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/clipprobe data preview $(DEMO)/probesets/simco --out $(DEMO)/simco_preview.png
 	@echo "demo: probe sets in $(DEMO)/probesets, preview sheets $(DEMO)/comco_preview.png and $(DEMO)/simco_preview.png"
 
-test: $(STAMP)
+test: $(STAMP) system
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
