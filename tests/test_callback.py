@@ -181,6 +181,20 @@ def test_resume_neither_repeats_nor_skips(tmp_path: Path, corpus: str, cache: st
     assert len(read_records(old)) == 8
 
 
+def test_wandb_mode_and_run_id() -> None:
+    from clipprobe.loggers import resolve_mode, slurm_run_id
+
+    assert resolve_mode(None, {}) == "offline" and resolve_mode(None, {"WANDB_MODE": "online"}) == "online"
+    assert (
+        resolve_mode("offline", {"WANDB_MODE": "online"}) == "offline"
+        and resolve_mode(None, {"WANDB_MODE": "dryrun"}) == "offline"
+    )
+    with pytest.raises(UserError, match="unknown W&B mode"):
+        resolve_mode("cloud", {})
+    assert slurm_run_id({"SLURM_JOB_ID": "77", "SLURM_ARRAY_JOB_ID": "70", "SLURM_ARRAY_TASK_ID": "3"}) == "70_3"
+    assert slurm_run_id({"SLURM_JOB_ID": "77"}) == "77" and slurm_run_id({}) is None
+
+
 def _wandb_records(run_dir: Path) -> list[dict]:
     """Every record of the offline run's .wandb file, through wandb's own reader (``wandb leet inspect``)."""
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
