@@ -183,6 +183,10 @@ def job_id() -> str:
     return os.environ["SLURM_JOB_ID"]
 
 
+def _scontrol(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["scontrol", *args], capture_output=True, text=True)
+
+
 def requeue(stop: Requeued) -> None:
     """After :class:`Requeued`: rank 0 flushes W&B and asks SLURM to requeue this job; other ranks just return.
 
@@ -197,7 +201,7 @@ def requeue(stop: Requeued) -> None:
     # SLURM answers a requeue with SIGTERM to the whole job; this process has nothing left to do but exit.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     job = job_id()
-    done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    done = _scontrol("requeue", job)
     if done.returncode != 0:
         raise UserError(f"'scontrol requeue {job}' failed ({(done.stderr or done.stdout).strip()[:200]}); "
                         f"step {stop.step} is saved in {stop.checkpoint}: submit the same job again to resume")  # fmt: skip
