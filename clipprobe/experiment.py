@@ -89,11 +89,6 @@ def _corpus(cond: Condition, s: Settings, out: Path, num_samples: int, seed: int
     return out
 
 
-def _shards(folder: Path) -> str:
-    shards = json.loads((folder / "corpus.json").read_text(encoding="utf-8"))["num_shards"]
-    return str(folder / f"{{00000..{shards - 1:05d}}}.tar")
-
-
 def _last_step(run: Path) -> int:
     last = run / "checkpoints" / "last.pt"
     return int(torch.load(last, map_location="cpu")["clipprobe"]["step"]) if last.is_file() else 0
@@ -117,7 +112,8 @@ def train(cond: Condition, s: Settings, corpus: Path, run: Path) -> None:
     done = _last_step(run)
     if done >= s.steps:
         return
-    argv = ["fit", "--config", s.recipe, "--data.train_data", _shards(corpus), "--data.batch_size", str(s.batch_size),
+    shards = json.loads((corpus / "corpus.json").read_text(encoding="utf-8"))["num_shards"]
+    argv = ["fit", "--config", s.recipe, "--data.train_data", str(corpus / f"{{00000..{shards - 1:05d}}}.tar"), "--data.batch_size", str(s.batch_size),
             "--data.seed", str(s.seed), "--seed_everything", str(s.seed), "--trainer.max_steps", str(s.steps),
             "--trainer.default_root_dir", str(run), "--checkpoint.every_n_train_steps", str(s.every),
             "--checkpoint.save_top_k", "-1", "--trainer.enable_progress_bar", str(s.progress).lower(),
@@ -131,19 +127,15 @@ def train(cond: Condition, s: Settings, corpus: Path, run: Path) -> None:
 
 
 def read_heldout(folder: Path) -> tuple[list[bytes], list[str]]:
-    """JPEG bytes and captions of every sample of a corpus, in shard order."""
-    images, texts = {}, {}
+    """JPEG bytes and captions of every sample of a corpus, in key order."""
+    samples: dict[str, dict[str, bytes]] = {}
     for tar_path in sorted(folder.glob("*.tar")):
         with tarfile.open(tar_path) as tar:
             for member in tar.getmembers():
                 key, _, ext = member.name.partition(".")
-                data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                if ext == "jpg":
-                    images[key] = data
-                elif ext == "txt":
-                    texts[key] = data.decode("utf-8")
-    keys = sorted(images)
-    return [images[k] for k in keys], [texts[k] for k in keys]
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    keys = sorted(samples)
+    return [samples[k]["jpg"] for k in keys], [samples[k]["txt"].decode("utf-8") for k in keys]
 
 
 @torch.no_grad()
@@ -220,10 +212,6 @@ def _value(row: dict[str, Any], probe: str, key: str) -> tuple[float, float, flo
     return part["metrics"][key], *part["intervals"][key], part["counts"][key]
 
 
-def _chance(template: str, n: int, s: Settings) -> float:
-    return {"1/n": 1.0 / n, "1/batch": 1.0 / s.retrieval_batch}[template]
-
-
 def plot(results: dict[str, list[dict[str, Any]]], s: Settings, path: Path) -> None:
     """One panel per :data:`PLOT_METRICS` entry; one line per condition with its Wilson band; chance dashed."""
     import matplotlib
@@ -239,7 +227,8 @@ def plot(results: dict[str, list[dict[str, Any]]], s: Settings, path: Path) -> N
             vals = [_value(r, probe, key) for r in rows]
             (line,) = ax.plot(x, [v[0] for v in vals], marker="o", ms=3, label=name)
             ax.fill_between(x, [v[1] for v in vals], [v[2] for v in vals], color=line.get_color(), alpha=0.2)
-        ax.axhline(_chance(chance, s.plot_n, s), color="grey", ls="--", lw=1, label=f"chance ({chance})")
+        level = {"1/n": 1.0 / s.plot_n, "1/batch": 1.0 / s.retrieval_batch}[chance]
+        ax.axhline(level, color="grey", ls="--", lw=1, label=f"chance ({chance})")
         ax.set(title=label + (f", n={s.plot_n}" if "{n}" in template else ""), xlabel="samples seen", ylim=(0, 1))
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -297,6 +286,16 @@ def _check(s: Settings, conditions: list[Condition]) -> None:
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+
+
+def default_work_dir(s: Settings) -> Path:
+    """``<cache>/emergence/<hash of the training settings>`` (cache: see ``default_cache_dir``)."""
+    import hashlib
+
+    from clipprobe.data.generate import default_cache_dir
+
+    blob = json.dumps({k: getattr(s, k) for k in TRAINING}, sort_keys=True)
+    return default_cache_dir().parent / "emergence" / hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def run_condition(
@@ -363,7 +362,8 @@ def emergence(
         retrieval_batch: Held-out retrieval batch size (chance recall@1 = 1 / this).
         plot_n: The n shown in the plot.
         threads: torch intra-op threads (default: torch's).
-        work: Folder for corpora, runs and probe sets (default: OUT.work beside OUT); reused when run again.
+        work: Folder for corpora, runs and probe sets, reused when run again (default: a folder in the cache
+            beside the probe sets, named after a hash of the training settings).
         overwrite: Replace a non-empty output folder.
         progress: Show progress bars.
     """
@@ -376,7 +376,7 @@ def emergence(
     conds = [parse_condition(c, p_order) for c in conditions]
     _check(s, conds)
     out_path = check_output_dir(out, overwrite)
-    work_path = Path(work) if work else out_path.with_name(out_path.name + ".work")
+    work_path = Path(work) if work else default_work_dir(s)
     probe_set = ProbeSet.load(ensure_probe_set("comco", work_path / "probesets", objects=tuple(tor_n),
                                                scenes_per_layout=probe_scenes, image_size=image_size,
                                                equal_size=False, seed=seed, progress=progress))  # fmt: skip
