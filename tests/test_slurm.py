@@ -154,6 +154,20 @@ def test_resume_path_picks_the_newest_checkpoint(fake_slurm: None, tmp_path: Pat
     assert slurm.resume_path(tmp_path, ckpts) is None  # not a SLURM task
 
 
+def test_model_index_picks_one_model_per_array_task(tmp_path: Path) -> None:
+    from clipprobe.errors import UserError
+    from clipprobe.eval_jobs import model_specs
+
+    models = tmp_path / "models.txt"
+    models.write_text("# comment\nclipprobe-tiny\n\nclipprobe-small  # random\nclipprobe-tiny\n")
+    names = [s.name for s in model_specs(None, None, [str(models)], None)]
+    assert names == ["clipprobe-tiny", "clipprobe-small", "clipprobe-tiny"]  # comments and blank lines skipped
+    (picked,) = model_specs(None, None, [str(models)], None, 1)
+    assert (picked.name, picked.pretrained) == ("clipprobe-small", None)
+    with pytest.raises(UserError, match="--model_index 3 is out of range: 3 model"):
+        model_specs(None, None, [str(models)], None, 3)
+
+
 @pytest.mark.slow
 def test_requeue_under_simulated_slurm_resumes_exactly(fake_slurm: None, corpus: str, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
