@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
+DEMO_STEPS ?= 400
+DEMO_EVERY ?= 50
 
 .PHONY: setup system demo test test-fast lint clean
 
@@ -26,7 +28,15 @@ demo: $(STAMP)
 	$(BIN)/clipprobe data simco --out $(DEMO)/probesets/simco --overwrite true
 	$(BIN)/clipprobe data preview $(DEMO)/probesets/comco --out $(DEMO)/comco_preview.png
 	$(BIN)/clipprobe data preview $(DEMO)/probesets/simco --out $(DEMO)/simco_preview.png
-	@echo "demo: probe sets in $(DEMO)/probesets, preview sheets $(DEMO)/comco_preview.png and $(DEMO)/simco_preview.png"
+	$(BIN)/clipprobe data corpus --out $(DEMO)/corpus --num-samples 20000 --overwrite true --progress false
+	rm -rf $(DEMO)/run
+	CLIPPROBE_CACHE=$(abspath $(DEMO))/cache $(BIN)/clipprobe fit --config configs/fit/tiny-synthetic.yaml \
+	  --data.train_data '$(DEMO)/corpus/{00000..00019}.tar' --trainer.default_root_dir $(DEMO)/run \
+	  --trainer.max_steps $(DEMO_STEPS) --trainer.callbacks.init_args.every_n_steps $(DEMO_EVERY)
+	$(BIN)/clipprobe plot $(DEMO)/run
+	@echo "demo: probe sets in $(DEMO)/probesets (previews $(DEMO)/comco_preview.png, $(DEMO)/simco_preview.png)"
+	@echo "demo: tiny CLIP trained $(DEMO_STEPS) steps in $(DEMO)/run; bias curves and loss: $(DEMO)/run/plots/*.png"
+	@echo "demo: probe records $(DEMO)/run/probes.jsonl; offline W&B run in $(DEMO)/run/wandb (wandb sync to upload)"
 
 test: $(STAMP) system
 	$(BIN)/python -m pytest -q
