@@ -288,6 +288,15 @@ def _check(s: Settings, conditions: list[Condition]) -> None:
             raise UserError(msg)
 
 
+def _rounded(obj: Any, digits: int = 6) -> Any:
+    """Floats rounded (a small results file); containers rebuilt, tuples as lists."""
+    if isinstance(obj, float):
+        return round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    return [_rounded(v, digits) for v in obj] if isinstance(obj, list | tuple) else obj
+
+
 def default_work_dir(s: Settings) -> Path:
     """``<cache>/emergence/<hash of the training settings>`` (cache: see ``default_cache_dir``)."""
     import hashlib
@@ -394,7 +403,7 @@ def emergence(
         plot(results, s, root / "emergence.png")
         atomic_write_text(root / "results.md", table(results, s))
         summary = {"settings": settings, "probe_options": probe_options(s), "results": results}
-        atomic_write_text(root / "results.json", json.dumps(summary, sort_keys=True, separators=(",", ":")) + "\n")
+        atomic_write_text(root / "results.json", json.dumps(_rounded(summary), sort_keys=True, separators=(",", ":")))
         atomic_write_json(root / "timing.json", {**timing, "threads": threads or old_threads})
     print(table(results, s) + f"\nwrote {out_path} in {timing['total'] / 60:.1f} min (work: {work_path})")
     return out_path
