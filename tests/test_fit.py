@@ -20,6 +20,7 @@ TINY = [
     "--data.num_workers", "0", "--data.val_data", "null", "--data.shuffle_buffer", "16",
     "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "1", "--trainer.strategy", "auto",
     "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    "--trainer.callbacks", "clipprobe.train.StepTimer",  # the recipes' probe callback has its own tests (test_callback)
 ]  # fmt: skip
 
 
