@@ -134,6 +134,26 @@ def test_bad_config_fails_at_construction(kwargs: dict, message: str) -> None:
         BiasProbeCallback(**{"probes": ["tor", "ior"], "probe_sets": ["comco"], **kwargs})
 
 
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs" / "fit").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_configures_the_callback_and_loggers(recipe: Path) -> None:
+    import importlib
+
+    import yaml
+
+    trainer = yaml.safe_load(recipe.read_text())["trainer"]
+    (probe,) = [c for c in trainer["callbacks"] if c["class_path"] == "clipprobe.callbacks.BiasProbeCallback"]
+    cb = BiasProbeCallback(**probe["init_args"])  # names, options and generation parameters are checked here
+    assert cb.every_n_steps >= 100 and cb.probes and cb.probe_sets
+    paths = [lg["class_path"] for lg in trainer["logger"]]
+    assert paths == ["clipprobe.loggers.WandbLogger", "clipprobe.loggers.CSVLogger"]
+    for lg in trainer["logger"]:
+        module, _, name = lg["class_path"].rpartition(".")
+        assert "save_dir" not in (
+            lg.get("init_args") or {}
+        )  # null: the run folder, whatever --trainer.default_root_dir
+        getattr(importlib.import_module(module), name)
+
+
 def test_fires_at_configured_steps_and_logs_keys(tmp_path: Path, corpus: str, cache: str) -> None:
     from lightning.pytorch.loggers import CSVLogger
 
