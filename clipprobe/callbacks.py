@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from clipprobe.errors import UserError
 from clipprobe.fileio import atomic_write_text
@@ -221,6 +223,7 @@ class BiasProbeCallback(L.Callback):
         if trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / self.filename
             append_records(path, records)
+            rank_zero_info(f"probes at step {step} ({metrics['probe/seconds']:.1f} s): {headline(records)}")
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
                 if hasattr(logger, "log_probe_records"):
@@ -317,6 +320,20 @@ def log_values(records: Sequence[dict[str, Any]]) -> dict[str, float]:
     if records and records[0]["samples_seen"] is not None:
         values["train/samples_seen"] = float(records[0]["samples_seen"])
     return values
+
+
+def headline(records: Sequence[dict[str, Any]]) -> str:
+    """A short summary for the console: each (set, probe)'s first-position or large-object share, per n."""
+    parts = []
+    for r in records:
+        keys = [k for k in r["metrics"] if re.fullmatch(r"n\d+/closest_(1|large|scenario1)", k)]
+        shown = " ".join(f"{k.split('/')[0]}={r['metrics'][k]:.2f}" for k in keys if _finite(r["metrics"][k]))
+        parts.append(f"{r['set']}/{r['probe']} {keys[0].split('/')[1] if keys else ''} {shown}".strip())
+    return "; ".join(parts)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
 
 
 def _strict(obj: Any) -> Any:

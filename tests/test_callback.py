@@ -14,7 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from clipprobe.callbacks import BiasProbeCallback, ReusingEncoder, append_records, log_values
+from clipprobe.callbacks import BiasProbeCallback, ReusingEncoder, append_records, headline, log_values
 from clipprobe.cli import main
 from clipprobe.data.corpus import CorpusConfig, generate_corpus
 from clipprobe.data.generate import ensure_probe_set
@@ -116,6 +116,8 @@ def test_records_are_whole_lines(tmp_path: Path) -> None:
     append_records(path, [{**rec, "step": 4}])
     lines = path.read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [0, 4] and json.loads(lines[0])["metrics"]["n2/share_1"] is None
+    shown = {"n2/closest_1": 0.6, "n3/closest_1": float("nan"), "equal/n2/closest_1": 0.1}
+    assert headline([{**rec, "metrics": shown}]) == "s/tor closest_1 n2=0.60"
     assert log_values([{**rec, "metrics": {"n2/share_1": 0.25, "note": "x"}}]) == {
         "probe/s/tor/n2/share_1": 0.25, "probe/seconds": 0.5, "train/samples_seen": 0.0}  # fmt: skip
 
