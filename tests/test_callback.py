@@ -147,7 +147,10 @@ def test_every_recipe_configures_the_callback_and_loggers(recipe: Path) -> None:
     cb = BiasProbeCallback(**probe["init_args"])  # names, options and generation parameters are checked here
     assert cb.every_n_steps >= 100 and cb.probes and cb.probe_sets
     paths = [lg["class_path"] for lg in trainer["logger"]]
-    assert paths == ["clipprobe.loggers.WandbLogger", "clipprobe.loggers.CSVLogger"]
+    assert paths == [
+        "clipprobe.loggers.CSVLogger",
+        "clipprobe.loggers.WandbLogger",
+    ]  # W&B last: --trainer.logger.init_args.mode
     for lg in trainer["logger"]:
         module, _, name = lg["class_path"].rpartition(".")
         assert "save_dir" not in (
