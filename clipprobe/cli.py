@@ -41,16 +41,24 @@ COMMANDS: CommandTree = {
         "comco": Command("clipprobe.data.generate:comco", "Generate a ComCO probe set (emoji objects, COCO names)."),
         "simco": Command("clipprobe.data.generate:simco", "Generate a SimCO probe set (18 blue shapes)."),
         "preview": Command("clipprobe.data.preview:preview", "Contact sheet of a probe set's scenes and references."),
-        "corpus": Command("clipprobe.data.corpus:corpus", "Synthetic image-caption corpus as webdataset shards (img2dataset layout)."),
+        "corpus": Command(
+            "clipprobe.data.corpus:corpus", "Synthetic image-caption corpus as webdataset shards (img2dataset layout)."
+        ),
         "objects": Command("clipprobe.data.generate:objects", "List the objects a probe-set kind can draw."),
     },
     "models": Command("clipprobe.models.load:models", "List model architectures and pretrained tags."),
     "eval": Command("clipprobe.evaluate:evaluate", "Run probes on models or checkpoints; one results JSON per job."),
     "report": Command("clipprobe.report:report", "Aggregate results JSON files into a CSV, markdown tables and plots."),
     "plot": Command("clipprobe.plot:plot", "PNG bias curves and loss of a training run (probes.jsonl, metrics.csv)."),
-    "experiment": {"emergence": Command("clipprobe.experiment:emergence", "Train one tiny CLIP per caption order; compare bias curves.")},
+    "experiment": {
+        "emergence": Command(
+            "clipprobe.experiment:emergence", "Train one tiny CLIP per caption order; compare bias curves."
+        )
+    },
     "analyze": {
-        "corpus": Command("clipprobe.analysis.command:corpus", "Mention order against object area in a caption corpus."),
+        "corpus": Command(
+            "clipprobe.analysis.command:corpus", "Mention order against object area in a caption corpus."
+        ),
     },
 }
 

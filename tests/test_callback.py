@@ -16,7 +16,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from clipprobe.callbacks import BiasProbeCallback, ReusingEncoder, append_records, headline, log_values
 from clipprobe.cli import main
-from clipprobe.data.corpus import CorpusConfig, generate_corpus
 from clipprobe.data.generate import ensure_probe_set
 from clipprobe.data.probeset import ProbeSet
 from clipprobe.data.shards import ShardDataModule
@@ -24,28 +23,11 @@ from clipprobe.errors import UserError
 from clipprobe.models.module import CLIPModule
 from clipprobe.plot import read_records
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 ROOT = Path(__file__).parents[1]
 SMALL = {"image_size": 64, "objects": [2, 3], "scenes_per_layout": 6,
          "names": ["person", "bicycle", "car", "motorcycle", "airplane", "bus"]}  # fmt: skip
 TOR = {"tor": {"num_captions": 40}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared machine more threads spin and run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """96 samples of 1-3 objects at 32 px in 4 shards."""
-    out = tmp_path_factory.mktemp("corpus") / "c"
-    generate_corpus(CorpusConfig(96, (1, 2, 3), "size_first", 1.0, 0.0, 32, 24, 0, 90), out, workers=1, progress=False)
-    return str(out / "{00000..00003}.tar")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from clipprobe.data.corpus import CorpusConfig, generate_corpus
 from clipprobe.plot import read_records
 
 LIMIT = 420  # seconds before the run counts as hung
@@ -56,14 +55,6 @@ if __name__ == "__main__":
                         enable_checkpointing=False)
     trainer.fit(module, data)
 """
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """96 samples of 1-3 objects at 32 px in 4 shards (2 per rank)."""
-    out = tmp_path_factory.mktemp("corpus") / "c"
-    generate_corpus(CorpusConfig(96, (1, 2, 3), "size_first", 1.0, 0.0, 32, 24, 0, 90), out, workers=1, progress=False)
-    return str(out / "{00000..00003}.tar")
 
 
 def test_two_process_ddp_agrees_and_finishes(tmp_path: Path, corpus: str) -> None:

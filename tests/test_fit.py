@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from clipprobe.cli import main
-from clipprobe.data.corpus import CorpusConfig, generate_corpus
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 RECIPES = sorted((Path(__file__).parents[1] / "configs" / "fit").glob("*.yaml"))
 TINY = [
     "--model.model_name", "clipprobe-tiny", "--model.compile", "false", "--model.grad_checkpointing", "false",
@@ -22,24 +21,6 @@ TINY = [
     "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
     "--trainer.callbacks", "clipprobe.train.StepTimer",  # the recipes' probe callback has its own tests (test_callback)
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared machine more threads spin and run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """96 samples of 1-3 objects at 32 px in 4 shards."""
-    out = tmp_path_factory.mktemp("corpus") / "c"
-    cfg = CorpusConfig(96, (1, 2, 3), "size_first", 1.0, 0.0, 32, 24, 0, 90)
-    generate_corpus(cfg, out, workers=1, progress=False)
-    return str(out / "{00000..00003}.tar")
 
 
 def fit(run: Path, data: str, *args: str, recipe: Path = RECIPES[0]) -> Path:
