@@ -248,17 +248,9 @@ def _transforms(model_name: str, augment: bool) -> tuple[Callable[[Any], Any], C
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    from clipprobe.models import register_configs
+    from clipprobe.models import create_random_model
 
-    register_configs()
-    if model_name not in open_clip.list_models() and not model_name.startswith("hf-hub:"):
-        raise UserError(f"unknown open_clip architecture '{model_name}'; see 'clipprobe models'")
-    root, level = logging.getLogger(), logging.getLogger().level
-    root.setLevel(logging.ERROR)  # open_clip warns that no pretrained weights were loaded: none are wanted
-    try:
-        cfg = PreprocessCfg(**open_clip.create_model(model_name, device="meta").visual.preprocess_cfg)
-    finally:
-        root.setLevel(level)
+    cfg = PreprocessCfg(**create_random_model(model_name, device="meta").visual.preprocess_cfg)  # type: ignore[attr-defined]
     train = image_transform_v2(cfg, is_train=augment)
     return train, image_transform_v2(cfg, is_train=False), open_clip.get_tokenizer(model_name)
 

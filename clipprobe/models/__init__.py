@@ -17,3 +17,29 @@ def register_configs() -> None:
 
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
+
+
+def create_random_model(model_name: str, **kwargs: object) -> object:
+    """A randomly initialised open_clip model by architecture name (clipprobe's configs included).
+
+    open_clip's "no pretrained weights loaded" warning is silenced: none are wanted here.
+
+    Raises:
+        clipprobe.errors.UserError: unknown architecture.
+    """
+    import logging
+
+    import open_clip
+
+    from clipprobe.errors import UserError
+
+    register_configs()
+    if model_name not in open_clip.list_models() and not model_name.startswith("hf-hub:"):
+        raise UserError(f"unknown open_clip architecture '{model_name}'; choose one listed by 'clipprobe models'")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return open_clip.create_model(model_name, **kwargs)
+    finally:
+        root.setLevel(level)

@@ -13,8 +13,6 @@ from typing import Any
 import lightning as L
 import torch
 
-from clipprobe.errors import UserError
-
 
 def no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
     """Gains, biases (1-d), the logit scale (0-d) and embeddings (token, positional, class) get no decay."""
@@ -142,18 +140,6 @@ def create_model(model_name: str) -> torch.nn.Module:
     Raises:
         UserError: unknown architecture.
     """
-    import logging
+    from clipprobe.models import create_random_model
 
-    import open_clip
-
-    from clipprobe.models import register_configs
-
-    register_configs()
-    if model_name not in open_clip.list_models() and not model_name.startswith("hf-hub:"):
-        raise UserError(f"unknown open_clip architecture '{model_name}'; choose one listed by 'clipprobe models'")
-    root, level = logging.getLogger(), logging.getLogger().level
-    root.setLevel(logging.ERROR)  # open_clip warns that no pretrained weights were loaded: none are wanted
-    try:
-        return open_clip.create_model(model_name, output_dict=True)
-    finally:
-        root.setLevel(level)
+    return create_random_model(model_name, output_dict=True)  # type: ignore[return-value]
