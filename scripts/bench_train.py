@@ -7,7 +7,7 @@ open_clip's ``local-dir:`` model schema (a folder holding ``open_clip_config.jso
 
 Reported: samples per second (total samples / total step time, leaving out the first ``--skip``
 steps of start-up), their ratio clipprobe / open_clip_train (aim: >= 1.0), and the share of step
-time spent waiting for data (clipprobe: :class:`clipprobe.train.StepTimer`; open_clip_train:
+time spent waiting for data (clipprobe: :class:`clipprobe.training.fit.StepTimer`; open_clip_train:
 its ``Data (t)`` over ``Batch (t)``).
 
     python scripts/bench_train.py --batch-size 64 --workers 2 --steps 120

@@ -14,14 +14,14 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from clipprobe.callbacks import BiasProbeCallback, ReusingEncoder, append_records, headline, log_values
+from clipprobe.training.callbacks import BiasProbeCallback, ReusingEncoder, append_records, headline, log_values
 from clipprobe.cli import main
 from clipprobe.data.generate import ensure_probe_set
 from clipprobe.data.probeset import ProbeSet
 from clipprobe.data.shards import ShardDataModule
 from clipprobe.errors import UserError
-from clipprobe.models.module import CLIPModule
-from clipprobe.plot import read_records
+from clipprobe.training.module import CLIPModule
+from clipprobe.evaluation.plot import read_records
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 ROOT = Path(__file__).parents[1]
@@ -65,7 +65,7 @@ def test_reusing_encoder_keeps_inputs_and_recomputes_embeddings(cache: str) -> N
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    from clipprobe.models.module import create_model
+    from clipprobe.training.module import create_model
     from clipprobe.probes.encode import CachedEncoder
 
     ps = ProbeSet.load(ensure_probe_set("comco", cache, **SMALL))
@@ -125,13 +125,13 @@ def test_every_recipe_configures_the_callback_and_loggers(recipe: Path) -> None:
     import yaml
 
     trainer = yaml.safe_load(recipe.read_text())["trainer"]
-    (probe,) = [c for c in trainer["callbacks"] if c["class_path"] == "clipprobe.callbacks.BiasProbeCallback"]
+    (probe,) = [c for c in trainer["callbacks"] if c["class_path"] == "clipprobe.training.callbacks.BiasProbeCallback"]
     cb = BiasProbeCallback(**probe["init_args"])  # names, options and generation parameters are checked here
     assert cb.every_n_steps >= 100 and cb.probes and cb.probe_sets
     paths = [lg["class_path"] for lg in trainer["logger"]]
     assert paths == [
-        "clipprobe.loggers.CSVLogger",
-        "clipprobe.loggers.WandbLogger",
+        "clipprobe.training.loggers.CSVLogger",
+        "clipprobe.training.loggers.WandbLogger",
     ]  # W&B last: --trainer.logger.init_args.mode
     for lg in trainer["logger"]:
         module, _, name = lg["class_path"].rpartition(".")
@@ -189,7 +189,7 @@ def test_resume_neither_repeats_nor_skips(tmp_path: Path, corpus: str, cache: st
 
 
 def test_wandb_mode_and_run_id() -> None:
-    from clipprobe.loggers import resolve_mode, slurm_run_id
+    from clipprobe.training.loggers import resolve_mode, slurm_run_id
 
     assert resolve_mode(None, {}) == "offline" and resolve_mode(None, {"WANDB_MODE": "online"}) == "online"
     assert (
@@ -216,7 +216,7 @@ def test_offline_wandb_run_holds_the_probe_history(tmp_path: Path, corpus: str, 
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")  # a requeued job keeps its id, so its W&B run continues
     overlay = tmp_path / "overlay.yaml"
-    callback = {"class_path": "clipprobe.callbacks.BiasProbeCallback", "init_args": {
+    callback = {"class_path": "clipprobe.training.callbacks.BiasProbeCallback", "init_args": {
         "probes": ["tor", "ior"], "probe_sets": ["comco"], "generate": SMALL, "options": TOR, "every_n_steps": 2,
         "cache_dir": cache}}  # fmt: skip
     overlay.write_text(json.dumps({"trainer": {"callbacks": [callback]}}))  # JSON is YAML

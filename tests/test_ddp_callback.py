@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from clipprobe.plot import read_records
+from clipprobe.evaluation.plot import read_records
 
 LIMIT = 420  # seconds before the run counts as hung
 pytestmark = pytest.mark.timeout(LIMIT + 60)
@@ -30,9 +30,9 @@ torch.set_num_threads(1)
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
-from clipprobe.callbacks import BiasProbeCallback
+from clipprobe.training.callbacks import BiasProbeCallback
 from clipprobe.data.shards import ShardDataModule
-from clipprobe.models.module import CLIPModule
+from clipprobe.training.module import CLIPModule
 
 corpus, cache, run, small = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 

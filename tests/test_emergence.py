@@ -12,7 +12,7 @@ import torch
 
 from clipprobe.cli import main
 from clipprobe.data.corpus import CorpusConfig, generate_corpus
-from clipprobe.experiment import Condition, parse_condition, retrieval
+from clipprobe.experiments.emergence import Condition, parse_condition, retrieval
 
 RECIPE = str(Path(__file__).parents[1] / "configs" / "fit" / "tiny-synthetic.yaml")
 FIT_ARGS = [

@@ -154,8 +154,8 @@ def test_shipped_eval_configs_name_real_options(monkeypatch):
 
     import yaml
 
-    import clipprobe.evaluate as ev
-    from clipprobe.eval_jobs import ModelSpec
+    import clipprobe.evaluation.evaluate as ev
+    from clipprobe.evaluation.jobs import ModelSpec
     from clipprobe.probes.suite import validate_probes
 
     seen = {}

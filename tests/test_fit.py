@@ -19,7 +19,7 @@ TINY = [
     "--data.num_workers", "0", "--data.val_data", "null", "--data.shuffle_buffer", "16",
     "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "1", "--trainer.strategy", "auto",
     "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    "--trainer.callbacks", "clipprobe.train.StepTimer",  # the recipes' probe callback has its own tests (test_callback)
+    "--trainer.callbacks", "clipprobe.training.fit.StepTimer",  # the recipes' probe callback has its own tests (test_callback)
 ]  # fmt: skip
 
 
@@ -51,7 +51,7 @@ def test_fast_dev_run_every_recipe(tmp_path: Path, corpus: str, recipe: Path) ->
 def test_run_folder_checkpoints_and_export(tmp_path: Path, corpus: str) -> None:
     import open_clip
 
-    from clipprobe.models.module import CLIPModule
+    from clipprobe.training.module import CLIPModule
 
     run = tmp_path / "run"
     metrics = fit(run, corpus, "--data.batch_size", "8", "--trainer.max_steps", "6",

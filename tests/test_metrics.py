@@ -1,4 +1,4 @@
-"""The tallies of clipprobe.metrics against slow loop references; batches and class/function agree."""
+"""The tallies of clipprobe.probes.tallies against slow loop references; batches and class/function agree."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ import math
 import pytest
 import torch
 
-from clipprobe.metrics import (
+from clipprobe.probes.tallies import (
     AccuracyTally,
     MeanTally,
     PositionShareTally,
     PreferenceTally,
-    _accuracy_update,
-    _mean_compute,
-    _mean_update,
-    _position_share_compute,
-    _position_share_update,
-    _preference_compute,
-    _preference_update,
+    accuracy_update,
+    mean_compute,
+    mean_update,
+    position_share_compute,
+    position_share_update,
+    preference_compute,
+    preference_update,
     add_counts,
 )
 
@@ -58,7 +58,7 @@ def _as_lists(counts: dict[str, torch.Tensor]) -> dict[str, list[int] | int]:
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_position_share_update_matches_loop(n):
     sims, objects = _queries(n=n, seed=n)
-    got = _as_lists(_position_share_update(sims, objects))
+    got = _as_lists(position_share_update(sims, objects))
     assert got == _loop_reference(sims, objects)
     assert 0 < got["hits"] < got["total"]  # the construction exercises both branches
 
@@ -71,28 +71,28 @@ def test_position_share_compute_formula():
         "top1_all": torch.tensor([5, 2]),
         "closest": torch.tensor([6, 2]),
     }
-    out = _position_share_compute(counts)
+    out = position_share_compute(counts)
     assert out["hit_rate"].item() == 0.5
     assert out["share"].tolist() == [0.5, 0.5]
     assert out["share_all"].tolist() == [5 / 8, 2 / 8]
     assert out["closest"].tolist() == [0.75, 0.25]
     assert out["bias_index"].item() == pytest.approx(0.5)
-    empty = _position_share_compute({k: torch.zeros_like(v) for k, v in counts.items()})
+    empty = position_share_compute({k: torch.zeros_like(v) for k, v in counts.items()})
     assert math.isnan(empty["hit_rate"].item())
 
 
 def test_position_share_tally_batches_and_function_agree():
     sims, objects = _queries(b=301, n=3, seed=7)
-    whole = _position_share_update(sims, objects)
+    whole = position_share_update(sims, objects)
     metric = PositionShareTally(3)
     acc = None
     for lo in range(0, 301, 64):  # uneven last batch
         metric.update(sims[lo : lo + 64], objects[lo : lo + 64])
-        acc = add_counts(acc, _position_share_update(sims[lo : lo + 64], objects[lo : lo + 64]))
+        acc = add_counts(acc, position_share_update(sims[lo : lo + 64], objects[lo : lo + 64]))
     out = metric.compute()
     for key in whole:
         assert torch.equal(out[key], whole[key]) and torch.equal(acc[key], whole[key])
-    shares = _position_share_compute(whole)
+    shares = position_share_compute(whole)
     assert torch.allclose(out["share"], shares["share"], equal_nan=True)
     assert torch.allclose(out["closest_share"], shares["closest"])
     metric.reset()
@@ -119,7 +119,7 @@ def test_preference_matches_loop_and_batches():
     assert (out["wins"].item(), out["ties"].item(), out["total"].item()) == (wins, ties, 157)
     assert out["accuracy"].item() == pytest.approx(wins / 157)
     assert out["preference"].item() == pytest.approx(wins / (157 - ties))
-    fn = _preference_compute(_preference_update(right, wrong))
+    fn = preference_compute(preference_update(right, wrong))
     assert fn["tie_rate"].item() == pytest.approx(out["tie_rate"].item())
 
 
@@ -136,7 +136,7 @@ def test_accuracy_matches_loop_and_batches():
     out = metric.compute()
     assert out["correct"].item() == correct and out["total"].item() == 90
     assert out["accuracy"].item() == pytest.approx(correct / 90)
-    assert _accuracy_update(logits.argmax(1), target)["correct"].item() == correct
+    assert accuracy_update(logits.argmax(1), target)["correct"].item() == correct
 
 
 def test_mean_matches_statistics_and_batches():
@@ -149,18 +149,18 @@ def test_mean_matches_statistics_and_batches():
     mean = sum(vals) / len(vals)
     std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
     assert out["mean"].item() == pytest.approx(mean) and out["std"].item() == pytest.approx(std)
-    assert _mean_compute(_mean_update(values))["mean"].item() == pytest.approx(mean)
+    assert mean_compute(mean_update(values))["mean"].item() == pytest.approx(mean)
 
 
 def test_ties_share_the_credit():
     # Two own objects exactly tied for nearest (split and aggregate with n=2 does this): half each.
     sims = torch.tensor([[0.7, 0.7, 0.1, 0.0], [0.2, 0.9, 0.9, 0.9]])
     objects = torch.tensor([[0, 1], [1, 2]])
-    out = _position_share_update(sims, objects)
+    out = position_share_update(sims, objects)
     assert out["hits"].item() == 1  # row 2: a non-own reference ties with the own ones -> no hit
     assert out["closest"].tolist() == [1.0, 1.0]  # row 1: 0.5 + 0.5; row 2: 0.5 + 0.5
     assert out["top1_all"].tolist() == pytest.approx([0.5 + 1 / 3, 0.5 + 1 / 3])
     assert out["top1_hits"].tolist() == [0.5, 0.5]
     # Rounding-level differences are ties too.
-    near = _position_share_update(torch.tensor([[0.5, 0.5 + 1e-8, 0.0]]), torch.tensor([[0, 1]]))
+    near = position_share_update(torch.tensor([[0.5, 0.5 + 1e-8, 0.0]]), torch.tensor([[0, 1]]))
     assert near["closest"].tolist() == [0.5, 0.5]

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from clipprobe.errors import UserError
 from clipprobe.models.export import export_model, export_path
-from clipprobe.models.module import CLIPModule, no_weight_decay, warmup_cosine
+from clipprobe.training.module import CLIPModule, no_weight_decay, warmup_cosine
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from clipprobe.cli import main
-from clipprobe.plot import read_metrics, share_rows
+from clipprobe.evaluation.plot import read_metrics, share_rows
 
 
 def _record(step: int, probe: str, shares: dict[str, float]) -> dict:
@@ -87,7 +87,7 @@ def test_plot_user_errors(tmp_path: Path, make: bool, capsys: pytest.CaptureFixt
 
 
 def test_csv_logger_appends_on_resume(tmp_path: Path) -> None:
-    from clipprobe.loggers import CSVLogger
+    from clipprobe.training.loggers import CSVLogger
 
     first = CSVLogger(str(tmp_path))
     first.log_metrics({"train/loss": 3.0}, step=0)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from clipprobe.cli import main
-from clipprobe.report import MetricKey, collect, fmt_value, to_markdown
+from clipprobe.evaluation.report import MetricKey, collect, fmt_value, to_markdown
 
 
 def result(model, weights, probe, metrics, *, pretrained=None, checkpoint=None, step=None, seen=None, kind="comco"):

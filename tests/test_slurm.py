@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from clipprobe import slurm
+from clipprobe.training import slurm
 from clipprobe.cli import main
 from clipprobe.data.corpus import CorpusConfig, generate_corpus
 
@@ -156,7 +156,7 @@ def test_resume_path_picks_the_newest_checkpoint(fake_slurm: None, tmp_path: Pat
 
 def test_model_index_picks_one_model_per_array_task(tmp_path: Path) -> None:
     from clipprobe.errors import UserError
-    from clipprobe.eval_jobs import model_specs
+    from clipprobe.evaluation.jobs import model_specs
 
     models = tmp_path / "models.txt"
     models.write_text("# comment\nclipprobe-tiny\n\nclipprobe-small  # random\nclipprobe-tiny\n")

@@ -256,7 +256,7 @@ def _transforms(model_name: str, augment: bool) -> tuple[Callable[[Any], Any], C
 
 
 class ShardDataModule(L.LightningDataModule):
-    """Image-caption batches from webdataset shards for :class:`clipprobe.models.module.CLIPModule`.
+    """Image-caption batches from webdataset shards for :class:`clipprobe.training.module.CLIPModule`.
 
     Args:
         train_data: Training shards: a brace pattern or ``::``-separated list of paths or URLs

@@ -17,7 +17,7 @@ import torch
 
 from clipprobe.data.probeset import ProbeSet, Scene
 from clipprobe.errors import UserError
-from clipprobe.metrics import _position_share_update
+from clipprobe.probes.tallies import position_share_update
 from clipprobe.probes.base import ProbeContext, ProbeResult, register
 from clipprobe.probes.captions import render
 from clipprobe.probes.common import encode_unique, linear_probe, parse_options, probe_options, resolve_vocab
@@ -72,7 +72,7 @@ def retrieval_result(
             [[index[probe_set.scenes[i].names[k]] for k in role_order(probe_set.scenes[i])] for i in idx],
             dtype=torch.long,
         )
-        counts = _position_share_update(scene_emb[idx] @ ref_emb.T, objects)
+        counts = position_share_update(scene_emb[idx] @ ref_emb.T, objects)
         put_position_shares(result, _prefix(variant, n), counts, roles=role_names(n, variant == "large"))
     return result
 
@@ -293,7 +293,7 @@ def attention(ctx: ProbeContext) -> ProbeResult:
     """Mean CLS attention share inside the large object's box (``n{n}/large``), inside a small
     one's (``n{n}/small``), and the mean per-scene ratio large / mean small (``n{n}/ratio``); for
     equal-size scenes ``equal/n{n}/slot_k``. Means carry normal 95% intervals."""
-    from clipprobe.metrics import _mean_compute, _mean_update
+    from clipprobe.probes.tallies import mean_compute, mean_update
     from clipprobe.probes.stats import put_mean
 
     opts = parse_options(AttentionOptions, ctx.options, "attention")
@@ -323,6 +323,6 @@ def attention(ctx: ProbeContext) -> ProbeResult:
             for k, v in enumerate(shares):
                 values[f"equal/n{n}/slot_{k + 1}"].append(v)
     for key, vals in sorted(values.items()):
-        stats = _mean_compute(_mean_update(torch.tensor(vals, dtype=torch.float64)))
+        stats = mean_compute(mean_update(torch.tensor(vals, dtype=torch.float64)))
         put_mean(result, key, float(stats["mean"]), float(stats["std"]), len(vals))
     return result

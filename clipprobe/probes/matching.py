@@ -25,7 +25,7 @@ import torch
 
 from clipprobe.data.probeset import ProbeSet, Scene
 from clipprobe.errors import UserError
-from clipprobe.metrics import _preference_update
+from clipprobe.probes.tallies import preference_update
 from clipprobe.probes.base import Encoder, ProbeContext, ProbeResult, register
 from clipprobe.probes.captions import render
 from clipprobe.probes.common import encode_unique, parse_options, probe_options, resolve_vocab, split_embeddings
@@ -123,7 +123,7 @@ def itm_counts(
     template: str = "bare",
     aggregates: Sequence[str] = ("plain",),
 ) -> dict[str, dict[int, dict[str, dict[str, torch.Tensor]]]]:
-    """Preference counts ``[agg][n][scenario]`` (:func:`clipprobe.metrics._preference_update`) from
+    """Preference counts ``[agg][n][scenario]`` (:func:`clipprobe.probes.tallies.preference_update`) from
     caption embeddings ``emb`` (``row[text]``); the scene images are encoded here, once each."""
     paths = [str(plan.probe_set.path(s)) for s in plan.scenes]
     images, image_row = encode_unique(encoder.encode_images, paths)
@@ -138,7 +138,7 @@ def itm_counts(
                 right = _caption_embeddings([p[0] for _, p in pairs], agg, emb, row, template, plan.names)
                 wrong = _caption_embeddings([p[1] for _, p in pairs], agg, emb, row, template, plan.names)
                 scores_r, scores_w = (img * right).sum(-1), (img * wrong).sum(-1)
-                out[agg].setdefault(n, {})[scenario] = _preference_update(scores_r, scores_w)
+                out[agg].setdefault(n, {})[scenario] = preference_update(scores_r, scores_w)
     return out
 
 

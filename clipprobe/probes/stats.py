@@ -93,7 +93,7 @@ def put_mean(result: ProbeResult, key: str, mean: float, std: float, count: int)
 def put_position_shares(
     result: ProbeResult, prefix: str, counts: Mapping[str, Any], roles: Sequence[str] | None = None
 ) -> None:
-    """Write a position-share tally (:func:`clipprobe.metrics._position_share_update` counts).
+    """Write a position-share tally (:func:`clipprobe.probes.tallies.position_share_update` counts).
 
     With ``roles=None`` (TOR: positions 1..n) the keys are ``{prefix}hit_rate``,
     ``{prefix}share_k`` (among hits), ``{prefix}share_k_all`` (all queries), ``{prefix}closest_k``

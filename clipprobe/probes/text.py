@@ -16,7 +16,7 @@ from typing import Literal, TypeVar
 import torch
 
 from clipprobe.errors import UserError
-from clipprobe.metrics import _position_share_update, add_counts
+from clipprobe.probes.tallies import position_share_update, add_counts
 from clipprobe.probes.base import Encoder, ProbeContext, ProbeResult, register
 from clipprobe.probes.captions import Caption, make_captions, render
 from clipprobe.probes.common import (
@@ -117,7 +117,7 @@ def tor_counts(
                     cap_emb = emb[[row[c.text] for c in chunk]]
                 else:
                     cap_emb = split_embeddings(single, objects)
-                tally = add_counts(tally, _position_share_update(cap_emb @ names.T, objects))
+                tally = add_counts(tally, position_share_update(cap_emb @ names.T, objects))
             out[agg][key] = tally
     return out
 

@@ -19,13 +19,13 @@ import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from clipprobe import slurm
+from clipprobe.training import slurm
 from clipprobe.data.shards import ShardDataModule
 from clipprobe.errors import UserError
 from clipprobe.fileio import atomic_write_json, atomic_write_text
-from clipprobe.loggers import fill_logger_dirs
+from clipprobe.training.loggers import fill_logger_dirs
 from clipprobe.models.export import ExportingCheckpoint
-from clipprobe.models.module import CLIPModule
+from clipprobe.training.module import CLIPModule
 
 LOOKUP_CKPT = ("last", "hpc", "best", "registry")  # ckpt_path values Lightning resolves itself
 
@@ -104,11 +104,11 @@ class ClipprobeCLI(LightningCLI):
         ckpt = config.get("ckpt_path")
         if ckpt and ckpt not in LOOKUP_CKPT and "://" not in str(ckpt) and not Path(ckpt).is_file():
             raise UserError(f"checkpoint {ckpt} not found; pass an existing .ckpt or --ckpt_path last")
-        if self.subcommand == "fit" and not ckpt:  # a requeued SLURM job resumes by itself (clipprobe.slurm)
+        if self.subcommand == "fit" and not ckpt:  # a requeued SLURM job resumes by itself (clipprobe.training.slurm)
             config.ckpt_path = slurm.resume_path(config.trainer.default_root_dir, config.checkpoint.dirpath)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        """Under SLURM, requeue at a step boundary (:class:`clipprobe.slurm.SlurmRequeue`), not in a signal handler."""
+        """Under SLURM, requeue at a step boundary (:class:`clipprobe.training.slurm.SlurmRequeue`), not in a signal handler."""
         config = self._get(self.config_init, "trainer", default={})
         return super().instantiate_trainer(**{**slurm.trainer_kwargs(config, self.subcommand == "fit"), **kwargs})
 

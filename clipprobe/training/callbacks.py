@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from clipprobe.errors import UserError
 from clipprobe.fileio import atomic_write_text
-from clipprobe.plot import read_records
+from clipprobe.evaluation.plot import read_records
 from clipprobe.probes.encode import CachedEncoder, _EmbeddingCache
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ def _check_n(n: int) -> None:
 TIE_TOL = 1e-6  # similarities closer than this are tied (float32 rounding of equal cosines is ~1e-7)
 
 
-def _position_share_update(sims: Tensor, objects: Tensor) -> dict[str, Tensor]:
+def position_share_update(sims: Tensor, objects: Tensor) -> dict[str, Tensor]:
     """Counts for one batch of queries.
 
     Ties share the credit: when t references are within :data:`TIE_TOL` of the best similarity,
@@ -69,7 +69,7 @@ def _position_share_update(sims: Tensor, objects: Tensor) -> dict[str, Tensor]:
     }
 
 
-def _position_share_compute(counts: dict[str, Tensor]) -> dict[str, Tensor]:
+def position_share_compute(counts: dict[str, Tensor]) -> dict[str, Tensor]:
     """Shares from counts: ``hit_rate = hits/total``, ``share[k] = top1_hits[k]/hits``,
     ``share_all[k] = top1_all[k]/total``, ``closest[k] = closest[k]/total``,
     ``bias_index = (closest[0] - 1/n)/(1 - 1/n)``. Zero denominators give NaN."""
@@ -97,7 +97,7 @@ class PositionShareTally(Metric):
 
     ``update(sims [B, V], objects [B, n])``; ``compute()`` returns the summed counts
     (``total``, ``hits``, ``top1_hits``, ``top1_all``, ``closest``) and the shares of
-    :func:`_position_share_compute` (``hit_rate``, ``share``, ``share_all``, ``closest_share``,
+    :func:`position_share_compute` (``hit_rate``, ``share``, ``share_all``, ``closest_share``,
     ``bias_index``).
 
     Args:
@@ -119,13 +119,13 @@ class PositionShareTally(Metric):
     def update(self, sims: Tensor, objects: Tensor) -> None:
         if objects.shape[-1] != self.n:
             raise ValueError(f"PositionShareTally(n={self.n}) got objects with {objects.shape[-1]} columns")
-        counts = _position_share_update(sims, objects)
+        counts = position_share_update(sims, objects)
         for name, value in counts.items():
             setattr(self, name, getattr(self, name) + value.to(self.device))
 
     def compute(self) -> dict[str, Tensor]:
         counts = {k: getattr(self, k) for k in ("total", "hits", "top1_hits", "top1_all", "closest")}
-        shares = _position_share_compute(counts)
+        shares = position_share_compute(counts)
         return {**counts, **{("closest_share" if k == "closest" else k): v for k, v in shares.items()}}
 
 
@@ -133,7 +133,7 @@ class PositionShareTally(Metric):
 # Preferences (ITM): does the right candidate score strictly higher than the wrong one?
 
 
-def _preference_update(right: Tensor, wrong: Tensor) -> dict[str, Tensor]:
+def preference_update(right: Tensor, wrong: Tensor) -> dict[str, Tensor]:
     """``wins`` = #(right > wrong), ``ties`` = #(right == wrong), ``total``; inputs ``[B]``."""
     if right.shape != wrong.shape:
         raise ValueError(f"right and wrong scores differ in shape: {tuple(right.shape)} vs {tuple(wrong.shape)}")
@@ -144,7 +144,7 @@ def _preference_update(right: Tensor, wrong: Tensor) -> dict[str, Tensor]:
     }
 
 
-def _preference_compute(counts: dict[str, Tensor]) -> dict[str, Tensor]:
+def preference_compute(counts: dict[str, Tensor]) -> dict[str, Tensor]:
     """``accuracy = wins/total`` (ties lose, as in the study), ``preference = wins/(total - ties)``
     (among decided pairs), ``tie_rate = ties/total``."""
     total, wins, ties = (counts[k].double() for k in ("total", "wins", "ties"))
@@ -153,7 +153,7 @@ def _preference_compute(counts: dict[str, Tensor]) -> dict[str, Tensor]:
 
 class PreferenceTally(Metric):
     """Right-versus-wrong comparisons: ``update(right [B], wrong [B])``; ``compute()`` gives the
-    counts (``wins``, ``ties``, ``total``) and :func:`_preference_compute`'s shares."""
+    counts (``wins``, ``ties``, ``total``) and :func:`preference_compute`'s shares."""
 
     full_state_update = False
     higher_is_better = True
@@ -164,19 +164,19 @@ class PreferenceTally(Metric):
             self.add_state(name, torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, right: Tensor, wrong: Tensor) -> None:
-        for name, value in _preference_update(right, wrong).items():
+        for name, value in preference_update(right, wrong).items():
             setattr(self, name, getattr(self, name) + value.to(self.device))
 
     def compute(self) -> dict[str, Tensor]:
         counts = {k: getattr(self, k) for k in ("wins", "ties", "total")}
-        return {**counts, **_preference_compute(counts)}
+        return {**counts, **preference_compute(counts)}
 
 
 # ---------------------------------------------------------------------------------------------
 # Accuracy (TOC / IOC).
 
 
-def _accuracy_update(preds: Tensor, target: Tensor) -> dict[str, Tensor]:
+def accuracy_update(preds: Tensor, target: Tensor) -> dict[str, Tensor]:
     """``correct`` and ``total``; ``preds`` are labels ``[B]`` or logits ``[B, C]``."""
     if preds.ndim == 2:
         preds = preds.argmax(dim=1)
@@ -185,7 +185,7 @@ def _accuracy_update(preds: Tensor, target: Tensor) -> dict[str, Tensor]:
     return {"correct": (preds == target).sum().long(), "total": torch.tensor(target.numel(), dtype=torch.long)}
 
 
-def _accuracy_compute(counts: dict[str, Tensor]) -> Tensor:
+def accuracy_compute(counts: dict[str, Tensor]) -> Tensor:
     """``correct / total`` (NaN when empty)."""
     return counts["correct"].double() / counts["total"].double()
 
@@ -202,25 +202,25 @@ class AccuracyTally(Metric):
         self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
-        for name, value in _accuracy_update(preds, target).items():
+        for name, value in accuracy_update(preds, target).items():
             setattr(self, name, getattr(self, name) + value.to(self.device))
 
     def compute(self) -> dict[str, Tensor]:
         counts = {"correct": self.correct, "total": self.total}
-        return {**counts, "accuracy": _accuracy_compute(counts)}
+        return {**counts, "accuracy": accuracy_compute(counts)}
 
 
 # ---------------------------------------------------------------------------------------------
 # Means (attention shares).
 
 
-def _mean_update(values: Tensor) -> dict[str, Tensor]:
+def mean_update(values: Tensor) -> dict[str, Tensor]:
     """``value_sum``, ``value_sq`` (sum of squares; float64) and ``count`` of a batch of values."""
     v = values.detach().double().flatten()
     return {"value_sum": v.sum(), "value_sq": (v * v).sum(), "count": torch.tensor(v.numel(), dtype=torch.long)}
 
 
-def _mean_compute(counts: dict[str, Tensor]) -> dict[str, Tensor]:
+def mean_compute(counts: dict[str, Tensor]) -> dict[str, Tensor]:
     """``mean = value_sum/count``; ``std`` (sample, ``count - 1`` in the denominator)."""
     n = counts["count"].double()
     mean = counts["value_sum"] / n
@@ -242,9 +242,9 @@ class MeanTally(Metric):
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, values: Tensor) -> None:
-        for name, value in _mean_update(values).items():
+        for name, value in mean_update(values).items():
             setattr(self, name, getattr(self, name) + value.to(self.device))
 
     def compute(self) -> dict[str, Tensor]:
         counts = {"value_sum": self.value_sum, "value_sq": self.value_sq, "count": self.count}
-        return {**counts, **_mean_compute(counts)}
+        return {**counts, **mean_compute(counts)}

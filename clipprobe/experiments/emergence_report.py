@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from clipprobe.experiment import Settings
+    from clipprobe.experiments.emergence import Settings
 
 PLOT_METRICS = (  # (probe, key template, label, chance template)
     ("tor", "n{n}/closest_1", "tor closest_1 (first mention nearest)", "1/n"),

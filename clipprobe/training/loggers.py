@@ -109,7 +109,7 @@ class WandbLogger(_WandbLogger):
         """
         import wandb
 
-        from clipprobe.plot import share_rows
+        from clipprobe.evaluation.plot import share_rows
 
         logged: dict[str, Any] = {}
         for rec in records:

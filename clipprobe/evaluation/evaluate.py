@@ -1,6 +1,6 @@
 """``clipprobe eval``: run probes on models, files or checkpoint series; one results JSON per job.
 
-A job is one (model, weights, probe set, probe), planned and checked in :mod:`clipprobe.eval_jobs`.
+A job is one (model, weights, probe set, probe), planned and checked in :mod:`clipprobe.evaluation.jobs`.
 Its file is named from ``RESULT_TEMPLATE``, written atomically, and skipped on a rerun with
 ``--skip-existing`` (so sweeps resume). Each model is loaded once, and one :class:`~clipprobe.probes.encode.CachedEncoder` serves all its jobs, so a
 text or image shared by several probes or probe sets is encoded once.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clipprobe.errors import UserError
-from clipprobe.eval_jobs import (
+from clipprobe.evaluation.jobs import (
     Job,
     Plan,
     check_options,

@@ -1,7 +1,7 @@
 """``clipprobe plot RUN_DIR``: the bias curves and the loss of a training run, as PNG files.
 
-Reads ``<run>/probes.jsonl`` (written by :class:`clipprobe.callbacks.BiasProbeCallback`) and the
-run's ``metrics.csv`` (:class:`clipprobe.loggers.CSVLogger`, or any Lightning CSVLogger below the
+Reads ``<run>/probes.jsonl`` (written by :class:`clipprobe.training.callbacks.BiasProbeCallback`) and the
+run's ``metrics.csv`` (:class:`clipprobe.training.loggers.CSVLogger`, or any Lightning CSVLogger below the
 run folder); W&B is not needed. Writes into ``<run>/plots``:
 
 - ``loss.png``: training loss (and validation loss, logit scale when logged) against the step;
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from clipprobe.errors import UserError
-from clipprobe.report import MetricKey, _column_order, family_name
+from clipprobe.evaluation.report import MetricKey, _column_order, family_name
 
 log = logging.getLogger(__name__)
 CHANCE_FAMILIES = ("share_{k}", "closest_{k}", "{k}", "share_{k}_all", "{k}_all", "closest_{k}_all")

@@ -322,7 +322,7 @@ def report(results: str, out: str = "report", overwrite: bool = False, plots: bo
         atomic_write_text(stage / "results.md", to_markdown(records))
         n_plots = 0
         if plots:
-            from clipprobe.report_plots import bar_charts, series_charts
+            from clipprobe.evaluation.report_plots import bar_charts, series_charts
 
             (stage / "plots").mkdir()
             n_plots = len(bar_charts(records, stage / "plots")) + len(series_charts(records, stage / "plots"))

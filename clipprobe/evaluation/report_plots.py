@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from clipprobe.report import MetricKey, Record, _column_order, _is_share, family_name
+from clipprobe.evaluation.report import MetricKey, Record, _column_order, _is_share, family_name
 
 CHANCE_FAMILIES = ("share_{k}", "closest_{k}", "{k}", "share_{k}_all", "{k}_all")
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from clipprobe.errors import UserError
-from clipprobe.experiment_report import plot, table
+from clipprobe.experiments.emergence_report import plot, table
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Evaluation: the result record, the one evaluation runner, clipprobe eval and clipprobe report."""

@@ -1,0 +1,1 @@
+"""Experiments: training several models under controlled conditions and comparing their bias curves."""
