@@ -15,7 +15,8 @@ import webdataset as wds
 from clipprobe import cli
 from clipprobe.analysis.command import corpus
 from clipprobe.analysis.corpus_stats import CorpusStats, excess, kendall_tau_b
-from clipprobe.analysis.sources import ShardSource, areas_from_corpus_json, expand_shards, load_detections
+from clipprobe.analysis.sources import ShardSource, areas_from_corpus_json, load_detections
+from clipprobe.data.tars import expand_urls
 from clipprobe.errors import UserError
 
 NAMES = ["dog", "cat", "car", "apple", "traffic light", "hot dog"]
@@ -192,17 +193,12 @@ def test_corpus_json_layouts() -> None:
     assert areas_from_corpus_json({"url": "x"}) is None
 
 
-def test_expand_shards(tmp_path: Path) -> None:
+def test_shard_spec_and_unknown_length(tmp_path: Path) -> None:
     for i in range(3):
         (tmp_path / f"{i:05d}.tar").write_bytes(b"")
-    assert expand_shards(f"{tmp_path}/{{00000..00001}}.tar::{tmp_path}/00002.tar") == [
-        f"{tmp_path}/00000.tar", f"{tmp_path}/00001.tar", f"{tmp_path}/00002.tar",
-    ]  # fmt: skip
-    assert len(expand_shards(str(tmp_path))) == 3
-    assert expand_shards("pipe:cat x.tar") == ["pipe:cat x.tar"]
-    with pytest.raises(UserError, match="00003.tar does not exist"):
-        expand_shards(f"{tmp_path}/{{00000..00007}}.tar")
-    assert len(ShardSource(expand_shards(str(tmp_path)))) == 0  # no _stats.json: unknown
+    with pytest.raises(UserError, match=r"5 of 8 shards not found, e\.g\. .*00003\.tar; check --shards"):
+        corpus(shards=f"{tmp_path}/{{00000..00007}}.tar", out=str(tmp_path / "o"), progress=False)
+    assert len(ShardSource(expand_urls(str(tmp_path)))) == 0  # no _stats.json: unknown
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +310,7 @@ def test_user_extractor(tmp_path: Path) -> None:
         ([], "exactly one corpus"),
         (["--shards", "x.tar", "--coco-captions", "c.json"], "exactly one corpus"),
         (["--coco-captions", "c.json"], "no areas"),
-        (["--shards", "nowhere/{0..3}.tar"], "does not exist"),
+        (["--shards", "nowhere/{0..3}.tar"], "4 of 4 shards not found"),
         (["--coco-captions", "missing.json", "--coco-instances", "i.json"], "does not exist"),
         (["--shards", "x.tar", "--max-samples", "0"], "at least 1"),
         (["--shards", "x.tar", "--vocab", "nosuchvocab"], "vocabulary"),

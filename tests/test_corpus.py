@@ -130,3 +130,18 @@ def test_refuses_non_empty_output(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         _make(out)
     assert e.value.code == 2 and (out / "keep.txt").read_text() == "mine"
+
+
+def test_shard_bytes_do_not_depend_on_the_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """webdataset's TarWriter stamps members with time.time() unless given an mtime: the corpus pins it."""
+    import time
+
+    a = _make(tmp_path / "a", "--workers", "1", "--num-samples", "5")
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.5)
+    b = _make(tmp_path / "b", "--workers", "1", "--num-samples", "5")
+    monkeypatch.undo()
+    assert (a / "00000.tar").read_bytes() == (b / "00000.tar").read_bytes()
+    with tarfile.open(a / "00000.tar") as tf:
+        members = tf.getmembers()
+    assert [m.name for m in members[:3]] == ["000000000.jpg", "000000000.json", "000000000.txt"]
+    assert {m.mtime for m in members} == {0} and all(m.isreg() and not m.pax_headers for m in members)

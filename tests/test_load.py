@@ -103,7 +103,7 @@ def test_step_from_file_name_when_the_file_has_none(tiny, tmp_path):
         (None, "plain.pt", "does not record its architecture"),
         ("clipprobe-small", "export.pt", "trained as clipprobe-tiny but --model says clipprobe-small"),
         ("clipprobe-small", "plain.pt", "does not fit architecture clipprobe-small"),
-        ("clipprobe-tiny", "garbage.pt", "is unreadable"),
+        ("clipprobe-tiny", "garbage.pt", "is truncated or not a torch checkpoint"),
         (None, "weights.npz", "unknown suffix"),
     ],
 )

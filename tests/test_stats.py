@@ -10,7 +10,6 @@ import torch
 from clipprobe.probes.base import ProbeResult
 from clipprobe.probes.stats import (
     bias_index,
-    merge_prefixed,
     put_bias_index,
     put_mean,
     put_position_shares,
@@ -54,9 +53,9 @@ def test_bias_index():
 
 def test_put_share_and_undefined_share():
     r = ProbeResult("x")
-    put_share(r, "a", 3, 4)
+    put_share(r, "a", 3, 4, family="share")
     assert r.metrics["a"] == 0.75 and r.counts["a"] == 4 and r.intervals["a"] == wilson(3, 4)
-    put_share(r, "b", 0, 0)
+    put_share(r, "b", 0, 0, family="share")
     assert math.isnan(r.metrics["b"]) and r.counts["b"] == 0 and r.intervals["b"] == (0.0, 1.0)
     assert math.isnan(share(0, 0))
 
@@ -85,19 +84,40 @@ def test_put_position_shares_keys_positions_and_roles():
         "closest": torch.tensor([7, 2, 1]),
     }
     r = ProbeResult("tor")
-    put_position_shares(r, "n3/", counts)
+    put_position_shares(r, counts)
     assert r.metrics["n3/hit_rate"] == 0.4 and r.counts["n3/hit_rate"] == 10
     assert r.metrics["n3/share_1"] == 0.75 and r.counts["n3/share_1"] == 4
     assert r.metrics["n3/share_2_all"] == 0.2 and r.metrics["n3/closest_1"] == 0.7
     assert r.metrics["n3/bias_index"] == pytest.approx((0.7 - 1 / 3) / (2 / 3))
     assert set(r.metrics) == set(r.counts) == set(r.intervals)
     r2 = ProbeResult("ior")
-    put_position_shares(r2, "n3/", counts, roles=["large", "small_1", "small_2"])
+    put_position_shares(r2, counts, roles=["large", "small_1", "small_2"])
     assert r2.metrics["n3/large"] == 0.75 and r2.metrics["n3/small_1_all"] == 0.2
     assert r2.metrics["n3/closest_large"] == 0.7
-    merged = ProbeResult("m")
-    merge_prefixed(merged, r2, "plain/")
-    assert merged.metrics["plain/n3/large"] == 0.75 and merged.counts["plain/n3/large"] == 4
+    v = ProbeResult("m")
+    put_position_shares(v, counts, variant="plain", roles=["large", "small_1", "small_2"])
+    assert v.metrics["plain/n3/large"] == 0.75 and v.counts["plain/n3/large"] == 4
+
+
+def test_entries_carry_their_structure() -> None:
+    """Readers group metrics by the entries' fields, never by parsing names."""
+    counts = {
+        "total": torch.tensor(10),
+        "hits": torch.tensor(4),
+        "top1_hits": torch.tensor([3, 1]),
+        "top1_all": torch.tensor([6, 2]),
+        "closest": torch.tensor([7, 3]),
+    }
+    r = ProbeResult("ior")
+    put_position_shares(r, counts, variant="equal", roles=["slot_1", "slot_2"])
+    by_name = {m.name: m for m in r.entries}
+    m = by_name["equal/n2/closest_slot_2"]
+    assert (m.family, m.n, m.key, m.variant, m.count, m.chance) == ("closest", 2, "slot_2", "equal", 10, 0.5)
+    assert m.value == pytest.approx(0.3) and m.interval == wilson(3, 10)
+    assert by_name["equal/n2/slot_1"].family == "share" and not by_name["equal/n2/slot_1"].robust
+    assert by_name["equal/n2/bias_index"].family == "bias_index" and by_name["equal/n2/bias_index"].key is None
+    with pytest.raises(ValueError, match="written twice"):
+        put_share(r, "equal/n2/hit_rate", 1, 2, family="hit_rate")
 
 
 def test_stats_and_analysis_do_not_import_torch_or_lightning() -> None:

@@ -10,7 +10,8 @@ from typing import Any
 
 from clipprobe.analysis.corpus_stats import CorpusStats
 from clipprobe.analysis.mentions import SYNONYM_TABLES, Matcher, load_extractor, load_synonyms
-from clipprobe.analysis.sources import CocoSource, Sample, ShardSource, canonical_areas, expand_shards, load_detections
+from clipprobe.analysis.sources import CocoSource, Sample, ShardSource, canonical_areas, load_detections
+from clipprobe.data.tars import expand_urls
 from clipprobe.data.vocab import load_vocab
 from clipprobe.errors import UserError
 from clipprobe.fileio import atomic_write_json, atomic_write_text, check_output_dir, staged_dir
@@ -68,7 +69,7 @@ def corpus(
     check_output_dir(out, overwrite)
 
     source: ShardSource | CocoSource
-    source = ShardSource(expand_shards(shards), caption_key) if shards else CocoSource(coco_captions, coco_instances)  # type: ignore[arg-type]
+    source = ShardSource(expand_urls(shards), caption_key) if shards else CocoSource(coco_captions, coco_instances)  # type: ignore[arg-type]
     dets = load_detections(detections) if detections else None
     labels = list(getattr(source, "labels", [])) + sorted({label for a in (dets or {}).values() for label in a})
     matcher = build_matcher(vocab, synonyms, labels)

@@ -1,9 +1,9 @@
 """Caption corpora with object areas, read as a stream of :class:`Sample` rows.
 
-- Shards in img2dataset's format (``key.jpg``, ``key.txt``, ``key.json``), streamed member by member
-  with :mod:`tarfile` over :func:`webdataset.gopen` (local paths, ``pipe:`` commands, URLs); images
-  are never read, and memory stays constant however long the shards. Areas come from clipprobe's
-  corpus ground truth in ``key.json`` (``objects``: name, area, bbox).
+- Shards in img2dataset's format (``key.jpg``, ``key.txt``, ``key.json``), streamed sample by sample
+  with webdataset's ``tarfile_samples`` (:func:`clipprobe.data.tars.iter_shard`: local paths, ``pipe:``
+  commands, URLs); images are never decoded, and memory stays constant however long the shards.
+  Areas come from clipprobe's corpus ground truth in ``key.json`` (``objects``: name, area, bbox).
 - COCO: a captions file (one sample per caption, keyed by image id) and optionally an instances file
   (areas of the instance annotations summed per category per image).
 - A detections JSONL keyed by sample key (``{"key", "detections": [{"label", "box": [x0, y0, x1, y1],
@@ -16,18 +16,16 @@ import json
 import os
 import re
 import sys
-import tarfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clipprobe.data.tars import ShardReadError, iter_shard
 from clipprobe.errors import UserError
 
 Areas = dict[str, "float | None"]  # object label -> area in pixels (None: the object has no area)
-
-_MEMBER = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # webdataset's key/extension split
 
 
 @dataclass
@@ -91,37 +89,13 @@ def _item(values: Any, i: int) -> Any:
     return values[i] if isinstance(values, list) and i < len(values) else None
 
 
-def expand_shards(spec: str) -> list[str]:
-    """Shard paths from brace patterns joined by ``::`` (``data/{00000..00009}.tar::more.tar``); a folder
-    means its ``*.tar`` files. Local paths must exist; URLs and ``pipe:`` commands pass as they are.
-
-    Raises:
-        UserError: nothing matches, or a local shard is missing.
-    """
-    from braceexpand import braceexpand  # a webdataset dependency
-
-    urls: list[str] = []
-    for part in (p for p in spec.split("::") if p.strip()):
-        for url in braceexpand(part.strip()):
-            if "://" in url or url.startswith("pipe:"):
-                urls.append(url)
-            elif Path(url).is_dir():
-                urls.extend(sorted(str(p) for p in Path(url).glob("*.tar")))
-            elif Path(url).is_file():
-                urls.append(url)
-            else:
-                raise UserError(f"shard {url} does not exist; check --shards (brace patterns such as {{00000..00009}})")
-    if not urls:
-        raise UserError(f"--shards {spec} names no .tar files")
-    return urls
-
-
 class ShardSource:
     """Samples of img2dataset shards, in shard order. A shard that breaks off (truncated, unreadable)
     is noted in :attr:`errors` and the stream goes on with the next one."""
 
     def __init__(self, urls: list[str], caption_key: str = "txt", json_key: str = "json"):
-        self.urls, self.caption_key, self.json_key = urls, caption_key, json_key
+        # webdataset lower-cases extensions when it groups a sample's members
+        self.urls, self.caption_key, self.json_key = urls, caption_key.lower(), json_key.lower()
         self.errors: list[str] = []
 
     def __len__(self) -> int:
@@ -137,34 +111,17 @@ class ShardSource:
 
     def __iter__(self) -> Iterator[Sample]:
         for url in self.urls:
-            yield from self._iter_shard(url)
+            try:
+                for sample in iter_shard(url):
+                    yield self._sample(sample)
+            except ShardReadError as e:
+                self.errors.append(str(e))
+                print(f"clipprobe: warning: shard {url} broke off after {e.count} samples ({e.reason})",
+                      file=sys.stderr)  # fmt: skip
 
-    def _iter_shard(self, url: str) -> Iterator[Sample]:
-        import webdataset as wds
-
-        key, parts, count = None, {}, 0
-        try:
-            with wds.gopen(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-                for member in tar:
-                    tar.members = []  # stream mode keeps every header otherwise (memory grows per shard)
-                    m = _MEMBER.match(member.name) if member.isfile() else None
-                    if m is None:
-                        continue
-                    if m.group(1) != key:
-                        if key is not None:
-                            count += 1
-                            yield self._sample(key, parts)
-                        key, parts = m.group(1), {}
-                    if m.group(2) in (self.caption_key, self.json_key):
-                        parts[m.group(2)] = tar.extractfile(member).read()  # type: ignore[union-attr]
-            if key is not None:
-                yield self._sample(key, parts)
-        except (tarfile.TarError, EOFError, OSError) as e:
-            # The sample being read when the shard broke off is dropped: it may be incomplete.
-            self.errors.append(f"{url}: {type(e).__name__}: {e} (after {count} samples)")
-            print(f"clipprobe: warning: shard {url} broke off after {count} samples ({e})", file=sys.stderr)
-
-    def _sample(self, key: str, parts: dict[str, bytes]) -> Sample:
+    def _sample(self, parts: Mapping[str, Any]) -> Sample:
+        """A webdataset sample (``{"__key__", ext: bytes}``) as a :class:`Sample`; its image is never decoded."""
+        key = parts["__key__"]
         caption = parts[self.caption_key].decode("utf-8", "replace") if self.caption_key in parts else None
         if self.json_key not in parts:
             return Sample(key, caption, None)

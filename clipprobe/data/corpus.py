@@ -18,7 +18,6 @@ import io
 import json
 import multiprocessing
 import os
-import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -234,26 +233,25 @@ def _key(cfg: CorpusConfig, shard: int, i: int) -> str:
     return f"{shard:05d}{i:0{max(4, len(str(cfg.shard_size - 1)))}d}"  # img2dataset's key layout
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)  # fixed mtime/owner: same seed, same bytes
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_shard(cfg: CorpusConfig, shard: int, out: Path) -> int:
-    """Write ``{shard:05d}.tar`` (through a temporary name) and its stats file; return the sample count."""
+    """Write ``{shard:05d}.tar`` (through a temporary name) and its stats file; return the sample count.
+
+    Members are written by :class:`webdataset.TarWriter` with a fixed ``mtime`` (its owner and mode are
+    constants): same seed, same bytes.
+    """
+    import webdataset as wds
+
     vocab = object_names("comco")
     first = shard * cfg.shard_size
     count = min(cfg.shard_size, cfg.num_samples - first)
     tmp = out / f".{shard:05d}.tar.tmp"
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as sink:  # else it stamps time.time()
         for i in range(count):
             jpg, text, meta = make_sample(cfg, first + i, vocab)
             key = _key(cfg, shard, i)
             meta["key"] = key
-            _tar_member(tar, f"{key}.jpg", jpg)
-            _tar_member(tar, f"{key}.txt", text.encode("utf-8"))
-            _tar_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+            json_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
+            sink.write({"__key__": key, "jpg": jpg, "txt": text.encode("utf-8"), "json": json_bytes})
     os.replace(tmp, out / f"{shard:05d}.tar")
     stats = {"count": count, "successes": count, "failed_to_download": 0, "failed_to_resize": 0,
              "status_dict": {"success": count}}  # fmt: skip

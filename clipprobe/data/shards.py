@@ -30,22 +30,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from clipprobe.data.tars import expand_urls, is_local
 from clipprobe.errors import UserError
 
 log = logging.getLogger(__name__)
 MAX_DECODE_FAILURES = 10_000  # consecutive undecodable samples before a stream gives up
 PEEK_SAMPLES = 64  # samples read at setup to check the image and caption keys
-
-
-def expand_urls(spec: str) -> list[str]:
-    """Shard URLs from a brace pattern (``/data/{00000..00099}.tar``), ``::``-separated lists, or ``pipe:``."""
-    import webdataset as wds
-
-    return list(wds.SimpleShardList(spec).urls)
-
-
-def _is_local(url: str) -> bool:
-    return "://" not in url and not url.startswith("pipe:")
 
 
 def stats_path(url: str) -> Path:
@@ -58,7 +48,7 @@ def count_samples(urls: list[str]) -> int | None:
     """Samples in the shards according to their ``*_stats.json`` (``successes``); None if any is missing."""
     total = 0
     for url in urls:
-        if not _is_local(url) or not stats_path(url).is_file():
+        if not is_local(url) or not stats_path(url).is_file():
             return None
         total += int(json.loads(stats_path(url).read_text(encoding="utf-8"))["successes"])
     return total
@@ -259,8 +249,9 @@ class ShardDataModule(L.LightningDataModule):
     """Image-caption batches from webdataset shards for :class:`clipprobe.training.module.CLIPModule`.
 
     Args:
-        train_data: Training shards: a brace pattern or ``::``-separated list of paths or URLs
-            (``/data/laion/{00000..01023}.tar``, ``pipe:aws s3 cp s3://b/{0..9}.tar -``).
+        train_data: Training shards: a brace pattern, folder or ``::``-separated list of paths or URLs
+            (``/data/laion/{00000..01023}.tar``, ``pipe:aws s3 cp s3://b/{0..9}.tar -``); see
+            :func:`clipprobe.data.tars.expand_urls`.
         val_data: Validation shards (optional), same forms.
         model_name: open_clip architecture whose preprocessing and tokenizer to use (linked from the model).
         batch_size: Batch size per device.
@@ -290,12 +281,7 @@ class ShardDataModule(L.LightningDataModule):
     def _urls(self, spec: str | None, what: str) -> tuple[list[str], int]:
         if not spec:
             raise UserError(f"no {what} shards given; set --data.{what}_data (e.g. 'corpus/{{00000..00009}}.tar')")
-        urls = expand_urls(spec)
-        missing = [u for u in urls if _is_local(u) and not Path(u.removeprefix("file:")).is_file()]
-        if missing:
-            raise UserError(
-                f"{len(missing)} of {len(urls)} {what} shards not found, e.g. {missing[0]}; check --data.{what}_data"
-            )
+        urls = expand_urls(spec, option=f"--data.{what}_data")  # raises when local shards are missing
         peek_keys(urls, self.image_keys, self.hparams.caption_key)
         given = self.hparams.num_samples if what == "train" else self.hparams.val_num_samples
         total = given or count_samples(urls)

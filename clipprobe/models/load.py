@@ -13,6 +13,11 @@ Sources, all built through open_clip:
 
 Everything that cannot be had (unknown name or tag, no network, unreadable file) is a one-line
 :class:`~clipprobe.errors.UserError`.
+
+Checkpoint files may come from anywhere, and unpickling runs whatever code a pickle names, so ``.pt``/``.ckpt``
+files are read with ``torch.load(weights_only=True)``: tensors and plain containers only. clipprobe's own exports
+and Lightning checkpoints hold nothing else. A file that holds other Python objects is refused with a one-line
+error naming ``--trust_pickle``; full unpickling happens only when the caller passes ``trust_pickle=True``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,12 @@ import difflib
 import glob
 import logging
 import os
+import pickle
+import pickletools
 import re
+import sys
+import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +86,8 @@ def is_checkpoint_path(pretrained: str) -> bool:
     return os.path.exists(pretrained) or pretrained.endswith(CHECKPOINT_SUFFIXES) or os.sep in pretrained
 
 
-def load_model(name: str | None, pretrained: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(name: str | None, pretrained: str | None = None, device: str | torch.device = "cpu",
+               trust_pickle: bool = False) -> LoadedModel:  # fmt: skip
     """Build a model, its eval preprocess and its tokenizer from any source (see the module docstring).
 
     Args:
@@ -84,24 +95,32 @@ def load_model(name: str | None, pretrained: str | None = None, device: str | to
             when ``pretrained`` is a clipprobe checkpoint that records its architecture.
         pretrained: a pretrained tag, a checkpoint path, or None for random initialisation.
         device: where the model goes.
+        trust_pickle: Unpickle checkpoint files fully (runs code stored in the file): only for files you trust,
+            e.g. old checkpoints that hold custom Python objects.
 
     Raises:
-        UserError: unknown architecture or tag, weights that cannot be downloaded, unreadable checkpoint.
+        UserError: unknown architecture or tag, weights that cannot be downloaded, unreadable checkpoint, or a
+            checkpoint that holds Python objects beyond weights (without ``trust_pickle``).
     """
     from clipprobe.models import register_configs
 
     register_configs()
     if pretrained and is_checkpoint_path(pretrained):
-        loaded = _load_file(name, Path(pretrained).expanduser(), device)
+        loaded = _load_file(name, Path(pretrained).expanduser(), device, trust_pickle)
     else:
         loaded = _load_named(check_source(name, pretrained), pretrained or None, device)
     loaded.model.eval()
     return loaded
 
 
-def check_source(name: str | None, pretrained: str | None = None) -> str:
+def check_source(name: str | None, pretrained: str | None = None, trust_pickle: bool = False) -> str:
     """The architecture that ``load_model(name, pretrained)`` will build, checked without building it:
     the name is known, the tag is one of its tags, the file exists and is readable.
+
+    Args:
+        name: as for :func:`load_model`.
+        pretrained: as for :func:`load_model`.
+        trust_pickle: as for :func:`load_model` (unpickle the checkpoint file fully: runs code stored in it).
 
     Raises:
         UserError: as :func:`load_model` would, before any weights are downloaded.
@@ -112,7 +131,7 @@ def check_source(name: str | None, pretrained: str | None = None) -> str:
 
     register_configs()
     if pretrained and is_checkpoint_path(pretrained):
-        return _pick_arch(name, read_checkpoint(pretrained))
+        return _pick_arch(name, read_checkpoint(pretrained, trust_pickle))
     if not name:
         raise UserError(f"no model architecture given; pass --model NAME ({LIST_MODELS_HINT})")
     arch = check_architecture(name)
@@ -197,10 +216,10 @@ def _clip(text: str, limit: int = 160) -> str:
 # Checkpoint files
 
 
-def _load_file(name: str | None, path: Path, device: str | torch.device) -> LoadedModel:
+def _load_file(name: str | None, path: Path, device: str | torch.device, trust_pickle: bool) -> LoadedModel:
     import open_clip
 
-    info = read_checkpoint(path)
+    info = read_checkpoint(path, trust_pickle)  # refuses an untrusted pickle before open_clip reads the file
     arch = _pick_arch(name, info)
     if info.state_dict is not None:  # Lightning: weights already in memory, prefix stripped
         with _open_clip_errors(arch, None):
@@ -210,7 +229,9 @@ def _load_file(name: str | None, path: Path, device: str | torch.device) -> Load
         model.to(device)
     else:  # a state dict file: open_clip's own loader (handles "module." prefixes, 3rd-party layouts)
         with _open_clip_errors(arch, None), _mismatch_errors(path, arch):
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(path), device=device)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=str(path), device=device, weights_only=not trust_pickle
+            )
     tokenizer = open_clip.get_tokenizer(arch)
     return LoadedModel(model, preprocess, tokenizer, arch, str(path), info.step, info.samples_seen)
 
@@ -236,31 +257,90 @@ def _mismatch_errors(path: Path, arch: str) -> Iterator[None]:
         ) from None
 
 
-def _torch_load(path: Path, trusted_pickle: bool = False) -> Any:
-    """torch.load on CPU, memory-mapped where the file allows (reading metadata stays cheap)."""
-    attempts: list[dict[str, Any]] = [{"weights_only": True, "mmap": True}, {"weights_only": True}]
-    if trusted_pickle:
-        # Lightning pickles hyper-parameters that the weights-only unpickler refuses; clipprobe's own
-        # training checkpoints are trusted the way Lightning itself trusts them on resume.
-        attempts.append({"weights_only": False})
-    error: Exception | None = None
-    for kwargs in attempts:  # legacy (non-zip) files cannot be memory-mapped
-        try:
-            return torch.load(path, map_location="cpu", **kwargs)
-        except Exception as e:
-            error = e
-    assert error is not None
-    raise error
+def _torch_load(path: Path, trust_pickle: bool = False) -> Any:
+    """torch.load on CPU, weights only (tensors and plain containers) unless ``trust_pickle``.
+
+    Memory-mapped when the file is a zip archive (torch's format since 1.6), so reading metadata stays cheap;
+    legacy files cannot be mapped.
+
+    Raises:
+        UserError: the file holds objects that safe loading refuses (the fix is ``--trust_pickle``), or it is
+            truncated or not a torch checkpoint.
+    """
+    if trust_pickle:
+        log.info("unpickling %s fully (trust_pickle): code stored in it runs", path)
+    try:
+        with warnings.catch_warnings():
+            # A protocol-4 pickle makes the safe unpickler warn, then fail; the one-line error below says it all.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=zipfile.is_zipfile(path))
+    except OSError:
+        raise  # permissions, I/O: read_checkpoint says "unreadable" with the reason
+    except Exception as e:
+        # Safe loading runs nothing from the file, so any other failure is the file's: refused or damaged. A full
+        # unpickle can also fail inside the file's own objects (a class whose module is not installed): those pass
+        # on to read_checkpoint's "unreadable" with the reason.
+        if trust_pickle and not isinstance(e, (EOFError, RuntimeError, ValueError, pickle.UnpicklingError)):
+            raise
+        raise _load_error(path, e, trust_pickle) from None
 
 
-def _info_from_torch(path: Path) -> CheckpointInfo:
-    ckpt = _torch_load(path)
+def _load_error(path: Path, error: Exception, trust_pickle: bool) -> UserError:
+    """The one-line UserError for a failed torch.load: refused by safe loading, or a damaged file."""
+    message = str(error)
+    if not trust_pickle and isinstance(error, pickle.UnpicklingError) and (refused := _refusal(message)):
+        return UserError(
+            f"checkpoint {path} is refused by safe loading ({refused}): full unpickling could run code stored in "
+            "it; pass --trust_pickle if you trust this file"
+        )
+    detail = message
+    if "Weights only load failed" in message:  # torch wraps the unpickler's reason in paragraphs of advice
+        m = re.search(r"WeightsUnpickler error:\s*(.+)|(Trying to load unsupported GLOBAL .+)", message)
+        detail = (m.group(1) or m.group(2)) if m else ""
+    detail = " ".join(detail.split()).split(". ")[0]
+    if m := re.search(r"Unsupported operand (\d+)", detail):
+        detail = f"invalid pickle opcode {m.group(1)}"
+    elif path.stat().st_size == 0:
+        detail = "the file is empty"
+    elif isinstance(error, EOFError) and not detail:
+        detail = "the file ends early"
+    detail = detail or type(error).__name__
+    return UserError(f"checkpoint {path} is truncated or not a torch checkpoint ({_clip(detail)}); copy it again")
+
+
+def _refusal(message: str) -> str | None:
+    """Why torch's weights-only unpickler refused a well-formed file, or None when the file looks damaged.
+
+    torch raises the same UnpicklingError for both, so its message is read: a global it does not allow, an object
+    of a class it does not allow, or a pickle opcode it does not implement (protocols above 2).
+    """
+    if m := re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module)", message):
+        name = m.group(1)
+        # A truncated legacy file can stop inside a global's name ("torch._utils._rebui"): a name missing from a
+        # module that is already imported is damage, not an untrusted object. Nothing is imported to check it.
+        module, _, attr = name.rpartition(".")
+        if module in sys.modules and not hasattr(sys.modules[module], attr):
+            return None
+        return f"it holds the Python global {name}"
+    if m := re.search(r"but got <class '([^']+)'>", message):
+        return f"it holds an object of class {m.group(1)}"
+    if m := re.search(r"Unsupported operand (\d+)", message):
+        op = pickletools.code2op.get(chr(int(m.group(1))))
+        return f"it uses pickle opcode {op.name}, from a protocol safe loading does not read" if op else None
+    if "unrecognized function" in message or "must be imported to load" in message:
+        return "it holds objects beyond tensors and plain containers"
+    return None
+
+
+def _info_from_torch(path: Path, trust_pickle: bool = False) -> CheckpointInfo:
+    ckpt = _torch_load(path, trust_pickle)
     meta = ckpt.get("clipprobe") if isinstance(ckpt, dict) else None
     meta = meta if isinstance(meta, dict) else {}
     return CheckpointInfo(path, meta.get("arch"), _int(meta.get("step")), _int(meta.get("samples_seen")))
 
 
-def _info_from_safetensors(path: Path) -> CheckpointInfo:
+def _info_from_safetensors(path: Path, trust_pickle: bool = False) -> CheckpointInfo:
+    del trust_pickle  # safetensors holds no pickle
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -268,8 +348,10 @@ def _info_from_safetensors(path: Path) -> CheckpointInfo:
     return CheckpointInfo(path, meta.get("arch"), _int(meta.get("step")), _int(meta.get("samples_seen")))
 
 
-def _info_from_lightning(path: Path) -> CheckpointInfo:
-    ckpt = _torch_load(path, trusted_pickle=True)
+def _info_from_lightning(path: Path, trust_pickle: bool = False) -> CheckpointInfo:
+    # Lightning checkpoints written by clipprobe's training hold only tensors, numbers, strings and containers
+    # (hyper-parameters are a plain dict, callback and optimizer states likewise), so they load weights-only.
+    ckpt = _torch_load(path, trust_pickle)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError("no state_dict in the file")
     meta = ckpt.get("clipprobe") or {}
@@ -283,7 +365,7 @@ def _info_from_lightning(path: Path) -> CheckpointInfo:
     return CheckpointInfo(path, arch, step, _int(meta.get("samples_seen")), state)
 
 
-_READERS: dict[str, Callable[[Path], CheckpointInfo]] = {
+_READERS: dict[str, Callable[[Path, bool], CheckpointInfo]] = {
     ".ckpt": _info_from_lightning,
     ".safetensors": _info_from_safetensors,
     ".pt": _info_from_torch,
@@ -292,11 +374,16 @@ _READERS: dict[str, Callable[[Path], CheckpointInfo]] = {
 }
 
 
-def read_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
+def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> CheckpointInfo:
     """Read what a checkpoint file records (architecture, step, samples seen).
 
+    Args:
+        path: the checkpoint file.
+        trust_pickle: unpickle it fully (runs code stored in it); by default only weights and plain data load.
+
     Raises:
-        UserError: the file is missing, has an unknown suffix, or cannot be read.
+        UserError: the file is missing, has an unknown suffix, cannot be read, or holds Python objects beyond
+            weights (without ``trust_pickle``).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -305,7 +392,7 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     if reader is None:
         raise UserError(f"checkpoint {path} has an unknown suffix; use one of {', '.join(CHECKPOINT_SUFFIXES)}")
     try:
-        return reader(path)
+        return reader(path, trust_pickle)
     except UserError:
         raise
     except Exception as e:
@@ -323,25 +410,32 @@ def _int(value: Any) -> int | None:
 _STEP_IN_NAME = re.compile(r"step[=_-]?(\d+)", re.IGNORECASE)
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The training step a checkpoint records, else one in its name (``step=100``, ``step_000100``)."""
-    step = read_checkpoint(path).step
+def checkpoint_step(path: Path, trust_pickle: bool = False) -> int | None:
+    """The training step a checkpoint records, else one in its name (``step=100``, ``step_000100``).
+
+    ``trust_pickle`` is as for :func:`read_checkpoint`.
+    """
+    step = read_checkpoint(path, trust_pickle).step
     if step is None and (m := _STEP_IN_NAME.search(path.name)):
         step = int(m.group(1))
     return step
 
 
-def expand_checkpoints(pattern: str) -> list[Path]:
+def expand_checkpoints(pattern: str, trust_pickle: bool = False) -> list[Path]:
     """The checkpoint files matching a glob (``**`` allowed), ordered by training step, then by name.
 
+    Args:
+        pattern: the glob.
+        trust_pickle: unpickle the files fully (runs code stored in them); see :func:`load_model`.
+
     Raises:
-        UserError: nothing matches, or a match cannot be read.
+        UserError: nothing matches, or a match cannot be read (or holds Python objects beyond weights).
     """
     matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
     paths = [Path(p) for p in matches if p.endswith(CHECKPOINT_SUFFIXES) and os.path.isfile(p)]
     if not paths:
         raise UserError(f"no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) match '{pattern}'; check the glob")
-    steps = {p: checkpoint_step(p) for p in paths}
+    steps = {p: checkpoint_step(p, trust_pickle) for p in paths}
 
     def natural(p: Path) -> list[Any]:
         return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]

@@ -1,10 +1,11 @@
-"""What every probe shares: typed options (a dataclass per probe, validated with a clear
-:class:`~clipprobe.errors.UserError`), the vocabulary and object counts to use, encoding each unique
+"""What every probe shares: typed options (a dataclass per probe, validated by jsonargparse, with a
+one-line :class:`~clipprobe.errors.UserError`), the vocabulary and object counts to use, encoding each unique
 input once, and the linear probe that TOC and IOC train on frozen embeddings."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import types
@@ -13,6 +14,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from typing import Any, TypeVar
 
 import torch
+from jsonargparse import ArgumentError, ArgumentParser
 
 from clipprobe.data.vocab import COCO_NAMES
 from clipprobe.errors import UserError
@@ -23,7 +25,23 @@ T = TypeVar("T")
 # Probe name -> its options dataclass (filled by @probe_options in the probe modules).
 OPTIONS: dict[str, type] = {}
 
-_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+_TRUE, _FALSE, _NULL = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}, {"none", "null"}
+_REMEMBER = 256  # validated option sets remembered per options class (then forgotten all at once)
+_JA_ERRORS = (ArgumentError, TypeError, ValueError)  # what jsonargparse's parse_object raises on bad input
+
+
+@dataclasses.dataclass
+class _Spec:
+    """One options class as :func:`parse_options` uses it, built once: its jsonargparse parser, field
+    names and types, and the option sets already validated (``repr(options)`` -> typed values)."""
+
+    parser: ArgumentParser
+    names: list[str]
+    hints: dict[str, Any]
+    done: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+_SPECS: dict[type, _Spec] = {}
 
 
 def probe_options(name: str) -> Callable[[type[T]], type[T]]:
@@ -36,67 +54,136 @@ def probe_options(name: str) -> Callable[[type[T]], type[T]]:
     return wrap
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """``value`` as type ``tp`` (from the CLI, strings such as ``"2,3"`` or ``"true"`` are common)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    fail = UserError(f"{where}={value!r} is not a valid {getattr(tp, '__name__', str(tp))}")
-    if tp is Any:
-        return value
-    if origin is typing.Union or origin is types.UnionType:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, where)
-            except UserError:
-                continue
-        raise fail
-    if origin is typing.Literal:
-        if value not in args:
-            raise UserError(f"{where}={value!r} is not one of {', '.join(map(str, args))}")
-        return value
-    if origin in (list, tuple):
-        items = value.split(",") if isinstance(value, str) else value
-        items = items if isinstance(items, (list, tuple)) else [items]
-        return [_coerce(v.strip() if isinstance(v, str) else v, args[0] if args else Any, where) for v in items]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        raise fail
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise fail
-        try:
-            out = tp(value)
-        except (TypeError, ValueError):
-            raise fail from None
-        if tp is int and isinstance(value, float) and value != out:
-            raise fail
-        return out
-    if tp is str:
-        if not isinstance(value, str):
-            raise fail
-        return value
-    return value
+def check_option(opts: object, name: str, ok: bool, allowed: str) -> None:
+    """For an options dataclass's ``__post_init__``: reject a value of the right type but outside its range.
+
+    Args:
+        opts: the options dataclass (its probe's name is looked up in :data:`OPTIONS`).
+        name: the option checked.
+        ok: whether its value is valid.
+        allowed: the valid range, completing "must be ...", e.g. ``"at least 1"``.
+
+    Raises:
+        UserError: ``ok`` is false, e.g. ``tor.num_captions=0 is out of range; must be at least 1``.
+    """
+    if not ok:
+        probe = next((p for p, c in OPTIONS.items() if c is type(opts)), type(opts).__name__)
+        raise UserError(f"{probe}.{name}={getattr(opts, name)!r} is out of range; must be {allowed}")
 
 
 def parse_options(cls: type[T], options: Mapping[str, Any] | None, probe: str) -> T:
-    """Build ``cls`` (a dataclass) from a plain dict, coercing strings and rejecting unknown keys.
+    """Build ``cls`` (a probe's options dataclass) from a plain dict, validated by jsonargparse.
+
+    Values come typed from YAML or as strings from the command line; besides what jsonargparse reads
+    (``"50"``, ``"1e-2"``, ``"true"``, ``"null"``, ``[2, 3]``), lists may be given as ``"2,3"`` or one item,
+    null as ``"none"``, an int as an integral float (``50.0``; ``1.5`` is rejected), a bool as ``"1"``/``"0"``,
+    ``"yes"``/``"no"`` or ``"on"``/``"off"`` in any case, and a name with ``-`` for ``_``. The jsonargparse parser
+    is built once per class and each option set validated is remembered, so a repeated call (a training
+    callback evaluates every N steps) costs a dict lookup and the dataclass's construction.
 
     Raises:
-        UserError: an unknown option or a value of the wrong type or outside its choices.
+        UserError: in one line naming the probe and option: an unknown option (with the valid ones), a
+            value of the wrong type or not among its choices, or out of range (the dataclass's ``__post_init__``).
     """
     options = dict(options or {})
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(k for k in options if k.replace("-", "_") not in names)
+    spec = _spec(cls)
+    memo = repr(options)
+    values = spec.done.get(memo)
+    if values is None:
+        values = _validate(spec, options, probe)
+        opts = cls(**copy.deepcopy(values))  # its __post_init__ checks ranges before the set is remembered
+        if len(spec.done) >= _REMEMBER:
+            spec.done.clear()
+        spec.done[memo] = values
+        return opts
+    return cls(**copy.deepcopy(values))  # a copy: callers may change their options' lists
+
+
+def _spec(cls: type) -> _Spec:
+    spec = _SPECS.get(cls)
+    if spec is None:
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls)
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        spec = _SPECS[cls] = _Spec(parser, names, typing.get_type_hints(cls))
+    return spec
+
+
+def _validate(spec: _Spec, options: dict[str, Any], probe: str) -> dict[str, Any]:
+    """The typed values of the options given (defaults are left to the dataclass), checked by jsonargparse."""
+    values = _prepare(spec, options)
+    for key, value in options.items():
+        tp = spec.hints.get(_field(key))
+        # jsonargparse accepts None for every option, also one whose type does not allow it: reject it here.
+        if values[_field(key)] is None and tp is not None and not _is_optional(tp):
+            raise UserError(_bad_value(probe, key, value, tp))
+    try:
+        return spec.parser.parse_object(values, defaults=False).as_dict()
+    except _JA_ERRORS as e:
+        raise _one_line(spec, options, probe, e) from None
+
+
+def _prepare(spec: _Spec, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` by field name, in the forms jsonargparse reads; copies, as it converts lists in place."""
+    return {_field(k): _cli_form(copy.deepcopy(v), spec.hints.get(_field(k), Any)) for k, v in options.items()}
+
+
+def _field(key: object) -> str:
+    return str(key).replace("-", "_")
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _cli_form(value: Any, tp: Any) -> Any:
+    """``value`` for a field of type ``tp``, with the forms that jsonargparse's ``parse_object`` rejects but
+    this project accepts rewritten: ``"2,3"`` or ``3`` for a list (``[2, 3]``, ``[3]``), ``"none"``/``"None"``
+    for null, ``2.0`` for an int (``2``) and ``"1"``, ``"0"``, ``"Off"``, ... for a bool. Everything else is
+    left for jsonargparse to check."""
+    if _is_optional(tp):
+        if isinstance(value, str) and value.lower() in _NULL:
+            return None
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = rest[0] if len(rest) == 1 else tp
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (list, tuple) and value is not None:
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        items = list(items) if isinstance(items, (list, tuple)) else [items]
+        item_tp = args[0] if args and (origin is list or args[-1] is Ellipsis) else Any
+        return [_cli_form(v, item_tp) for v in items]
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if tp is bool and isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    return value
+
+
+def _one_line(spec: _Spec, options: dict[str, Any], probe: str, error: Exception) -> UserError:
+    """jsonargparse's rejection of ``options`` as one line. Its own message spans several lines (for a
+    union, the error of each member type), so the option it rejects is found by checking each alone and
+    the message is written from that option's value and type."""
+    unknown = [k for k in options if _field(k) not in spec.hints]
     if unknown:
-        raise UserError(f"unknown option {unknown[0]!r} for probe {probe}; valid options: {', '.join(names)}")
-    values = {k.replace("-", "_"): _coerce(v, hints[k.replace("-", "_")], f"{probe}.{k}") for k, v in options.items()}
-    return cls(**values)
+        valid = ", ".join(spec.names) or "(none)"
+        return UserError(f"unknown option {unknown[0]!r} for probe {probe}; valid options: {valid}")
+    values = _prepare(spec, options)
+    for key, value in options.items():
+        try:
+            spec.parser.parse_object({_field(key): values[_field(key)]}, defaults=False)
+        except _JA_ERRORS:
+            return UserError(_bad_value(probe, key, value, spec.hints[_field(key)]))
+    return UserError(f"invalid options for probe {probe}: {' '.join(str(error).split())}")
+
+
+def _bad_value(probe: str, key: object, value: Any, tp: Any) -> str:
+    """``tor.mode='fancy' is not one of paper, balanced``, ``tor.n='two' is not a valid list[int] | None``."""
+    inner = [a for a in typing.get_args(tp) if a is not type(None)] if _is_optional(tp) else [tp]
+    if len(inner) == 1 and typing.get_origin(inner[0]) is typing.Literal:
+        choices = ", ".join(map(str, typing.get_args(inner[0])))
+        return f"{probe}.{key}={value!r} is not one of {choices}{' or null' if _is_optional(tp) else ''}"
+    name = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+    return f"{probe}.{key}={value!r} is not a valid {name}"
 
 
 def resolve_vocab(ctx: ProbeContext) -> list[str]:

@@ -4,6 +4,12 @@ Probes ask for embeddings of the same inputs again and again (every TOR caption 
 vocabulary names; every image probe reuses the references). :class:`CachedEncoder` keeps every
 embedding it has computed, keyed by the text or by the image's resolved path, and sends only new
 inputs to the model, in batches. Outputs are L2-normalised float32 tensors on the CPU.
+
+For a model that changes between evaluations (the training callback), ``keep_inputs`` keeps the
+tokenized texts and preprocessed images across :meth:`CachedEncoder.refresh`, which forgets only the
+embeddings. Under DDP (``world_size > 1``) every rank asks for the same inputs; each encodes its
+contiguous share of the new ones and the shares are all-gathered, so every rank holds every embedding
+for ``1 / world_size`` of the encoding work.
 """
 
 from __future__ import annotations
@@ -73,9 +79,16 @@ class CachedEncoder:
         batch_size: inputs per model call.
         progress: show tqdm bars (tqdm hides them when stderr is not a terminal).
         num_workers: DataLoader workers for images; None picks some when there are many images.
+        keep_inputs: keep tokenized texts and preprocessed images (up to ``pixel_cache_mb``) across
+            :meth:`refresh`, for a model that changes while its inputs do not.
+        pixel_cache_mb: memory for kept preprocessed images.
+        rank, world_size: this process's rank and the number of processes sharing the encoding (DDP);
+            with ``world_size > 1`` every rank must make the same calls in the same order, and
+            ``torch.distributed`` must be initialised.
 
-    Counters: ``text_calls``/``image_calls`` count batches sent to the model,
-    ``texts_encoded``/``images_encoded`` count unique inputs encoded.
+    Counters: ``text_calls``/``image_calls`` count batches sent to the model by this process,
+    ``texts_encoded``/``images_encoded`` count unique inputs encoded (by all ranks together),
+    ``texts_tokenized``/``images_prepared`` count inputs tokenized or preprocessed by this process.
     """
 
     def __init__(
@@ -87,9 +100,15 @@ class CachedEncoder:
         batch_size: int = 256,
         progress: bool = True,
         num_workers: int | None = None,
+        keep_inputs: bool = False,
+        pixel_cache_mb: float = 2048,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside a world of {world_size}")
         self.model = model
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -99,8 +118,19 @@ class CachedEncoder:
         self.num_workers = num_workers
         self.text_calls = self.image_calls = 0
         self.texts_encoded = self.images_encoded = 0
+        self.keep_inputs = keep_inputs
+        self.pixel_budget = int(pixel_cache_mb * 2**20)
+        self.rank, self.world_size = rank, world_size
+        self.texts_tokenized = self.images_prepared = 0
+        self._tokens: dict[str, torch.Tensor] = {}
+        self._pixels: dict[str, torch.Tensor] = {}
+        self._pixel_bytes = 0
         self._texts = _EmbeddingCache()
         self._images = _EmbeddingCache()
+
+    def refresh(self) -> None:
+        """Forget every embedding (the model has changed); kept inputs stay."""
+        self._texts, self._images = _EmbeddingCache(), _EmbeddingCache()
 
     def counters(self) -> dict[str, int]:
         """The four counters, for logs and result files."""
@@ -118,8 +148,9 @@ class CachedEncoder:
         if new:
             if self.tokenizer is None:
                 raise ValueError("this encoder has no tokenizer")
-            batches = (new[i : i + self.batch_size] for i in range(0, len(new), self.batch_size))
-            rows = self._run(batches, len(new), "encode texts", self._text_batch)
+            mine = self._share(new)
+            batches = (mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size))
+            rows = self._gather(self._run(batches, len(mine), "encode texts", self._text_batch))
             self._texts.add(new, rows)
             self.texts_encoded += len(new)
         return self._texts.get(texts)
@@ -138,12 +169,35 @@ class CachedEncoder:
             absent = [p for p in new if not os.path.isfile(p)]
             if absent:
                 raise UserError(f"image {absent[0]} does not exist ({len(absent)} missing); regenerate the probe set")
-            rows = self._run(self._image_batches(new), len(new), "encode images", self._image_batch)
+            mine = self._share(new)
+            rows = self._gather(self._run(self._image_batches(mine), len(mine), "encode images", self._image_batch))
             self._images.add(new, rows)
             self.images_encoded += len(new)
         return self._images.get(keys)
 
+    def _share(self, new: list) -> list:
+        """This rank's contiguous share of the new inputs (all of them in one process)."""
+        if self.world_size == 1:
+            return new
+        per = -(-len(new) // self.world_size)  # ceil
+        return new[self.rank * per : (self.rank + 1) * per]
+
+    def _gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows, in rank order (= the order of the new inputs)."""
+        if self.world_size == 1:
+            return rows
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * self.world_size
+        dist.all_gather_object(parts, rows)  # pickled CPU tensors: any backend, empty shares allowed
+        return torch.cat([p for p in parts if p.numel()]) if any(p.numel() for p in parts) else rows
+
     def _image_batches(self, paths: list[str]) -> Any:
+        if self.keep_inputs:  # preprocessed pixels are kept: no loader workers to start each time
+            return (
+                torch.stack([self._pixels_of(p) for p in paths[lo : lo + self.batch_size]])  # [B, 3, H, W]
+                for lo in range(0, len(paths), self.batch_size)
+            )
         workers = self.num_workers
         if workers is None:  # workers pay off only when decoding dominates
             workers = min(8, max((os.cpu_count() or 1) - 1, 0)) if len(paths) >= 2 * self.batch_size else 0
@@ -155,10 +209,32 @@ class CachedEncoder:
         )
         return iter(loader)
 
+    def _pixels_of(self, path: str) -> torch.Tensor:
+        from PIL import Image
+
+        pixels = self._pixels.get(path)
+        if pixels is None:
+            with Image.open(path) as im:
+                pixels = self.preprocess(im.convert("RGB"))
+            self.images_prepared += 1
+            size = pixels.numel() * pixels.element_size()
+            if self._pixel_bytes + size <= self.pixel_budget:
+                self._pixels[path] = pixels
+                self._pixel_bytes += size
+        return pixels
+
     def _text_batch(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts).to(self.device)
+        if self.keep_inputs:
+            new = [t for t in dict.fromkeys(texts) if t not in self._tokens]
+            if new:
+                self._tokens.update(zip(new, self.tokenizer(new), strict=True))  # [L] token ids each
+                self.texts_tokenized += len(new)
+            tokens = torch.stack([self._tokens[t] for t in texts])
+        else:
+            tokens = self.tokenizer(texts)
+            self.texts_tokenized += len(texts)
         self.text_calls += 1
-        return self.model.encode_text(tokens)
+        return self.model.encode_text(tokens.to(self.device))
 
     def _image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         self.image_calls += 1
@@ -190,4 +266,4 @@ class CachedEncoder:
                     bar.update(emb.shape[0])
         finally:
             self.model.train(was_training)
-        return torch.cat(out)
+        return torch.cat(out) if out else torch.empty(0, 0)

@@ -17,11 +17,11 @@ import torch
 
 from clipprobe.data.probeset import ProbeSet, Scene
 from clipprobe.errors import UserError
-from clipprobe.probes.tallies import position_share_update
 from clipprobe.probes.base import ProbeContext, ProbeResult, register
 from clipprobe.probes.captions import render
 from clipprobe.probes.common import encode_unique, linear_probe, parse_options, probe_options, resolve_vocab
 from clipprobe.probes.stats import put_position_shares, put_share
+from clipprobe.probes.tallies import ONE_PROCESS, POSITION_COUNTS, PositionShareTally, Shard, tally_counts
 
 
 def role_order(scene: Scene) -> list[int]:
@@ -42,10 +42,6 @@ def _group_key(scene: Scene) -> tuple[str, int]:
     return ("large" if scene.large_slot is not None else "equal", scene.n)
 
 
-def _prefix(variant: str, n: int) -> str:
-    return f"n{n}/" if variant == "large" else f"equal/n{n}/"
-
-
 def _require_probe_set(ctx: ProbeContext, probe: str) -> ProbeSet:
     if ctx.probe_set is None:
         raise UserError(f"probe {probe} needs a probe set; pass --probe-set DIR")
@@ -55,10 +51,12 @@ def _require_probe_set(ctx: ProbeContext, probe: str) -> ProbeSet:
 
 
 def retrieval_result(
-    name: str, probe_set: ProbeSet, scene_emb: torch.Tensor, ref_emb: torch.Tensor, references: Sequence[str]
-) -> ProbeResult:
+    name: str, probe_set: ProbeSet, scene_emb: torch.Tensor, ref_emb: torch.Tensor, references: Sequence[str],
+    shard: Shard = ONE_PROCESS,
+) -> ProbeResult:  # fmt: skip
     """IOR/I2TOR metrics from scene embeddings ``[S, D]`` (in ``probe_set.scenes`` order) and
-    reference embeddings ``[V, D]``, per (variant, n)."""
+    reference embeddings ``[V, D]``, per (variant, n); each rank of ``shard`` tallies its share of the
+    scenes and the counts are summed over ranks."""
     index = {r: i for i, r in enumerate(references)}
     missing = sorted({o for s in probe_set.scenes for o in s.names if o not in index})
     if missing:
@@ -68,12 +66,16 @@ def retrieval_result(
         rows[_group_key(scene)].append(i)
     result = ProbeResult(name)
     for (variant, n), idx in sorted(rows.items(), key=lambda kv: (kv[0][0] != "large", kv[0][1])):
-        objects = torch.tensor(
-            [[index[probe_set.scenes[i].names[k]] for k in role_order(probe_set.scenes[i])] for i in idx],
-            dtype=torch.long,
-        )
-        counts = position_share_update(scene_emb[idx] @ ref_emb.T, objects)
-        put_position_shares(result, _prefix(variant, n), counts, roles=role_names(n, variant == "large"))
+        mine = [idx[i] for i in shard.rows(len(idx))]  # this rank's scenes; counts summed over ranks
+        tally = shard.tally(PositionShareTally, n)
+        if mine:
+            objects = torch.tensor(
+                [[index[probe_set.scenes[i].names[k]] for k in role_order(probe_set.scenes[i])] for i in mine],
+                dtype=torch.long,
+            )
+            tally.update(scene_emb[mine] @ ref_emb.T, objects)
+        counts = tally_counts(tally, POSITION_COUNTS)
+        put_position_shares(result, counts, variant=None if variant == "large" else variant, roles=role_names(n, variant == "large"))
     return result
 
 
@@ -97,7 +99,8 @@ def ior(ctx: ProbeContext) -> ProbeResult:
     ref_paths = [str(ps.references[r]) for r in references]
     emb, row = encode_unique(ctx.encoder.encode_images, ref_paths + _scene_paths(ps))
     result = retrieval_result(
-        "ior", ps, emb[[row[p] for p in _scene_paths(ps)]], emb[[row[p] for p in ref_paths]], references
+        "ior", ps, emb[[row[p] for p in _scene_paths(ps)]], emb[[row[p] for p in ref_paths]], references,
+        Shard.of(ctx.encoder),
     )
     result.config = {"references": "images", "num_references": len(references)}
     return result
@@ -123,7 +126,8 @@ def i2tor(ctx: ProbeContext) -> ProbeResult:
     text_emb, text_row = encode_unique(ctx.encoder.encode_texts, texts)
     img_emb, img_row = encode_unique(ctx.encoder.encode_images, _scene_paths(ps))
     result = retrieval_result(
-        "i2tor", ps, img_emb[[img_row[p] for p in _scene_paths(ps)]], text_emb[[text_row[t] for t in texts]], vocab
+        "i2tor", ps, img_emb[[img_row[p] for p in _scene_paths(ps)]], text_emb[[text_row[t] for t in texts]], vocab,
+        Shard.of(ctx.encoder),
     )
     result.config = {**asdict(opts), "references": "texts", "num_references": len(vocab)}
     return result
@@ -148,6 +152,14 @@ class IocOptions:
     min_scenes: int = 10
     seed: int = 42
 
+    def __post_init__(self) -> None:
+        from clipprobe.probes.common import check_option  # out of range: silently 1 test scene or an untrained head
+
+        check_option(self, "test_fraction", 0 < self.test_fraction < 1, "between 0 and 1 (exclusive)")
+        for name in ("batch_size", "epochs"):
+            check_option(self, name, getattr(self, name) >= 1, "at least 1")
+        check_option(self, "lr", self.lr > 0, "greater than 0")
+
 
 @register("ioc", needs_probe_set=True, summary="Image-based object classification: linear probe per slot.")
 def ioc(ctx: ProbeContext) -> ProbeResult:
@@ -163,7 +175,7 @@ def ioc(ctx: ProbeContext) -> ProbeResult:
     groups: dict[tuple[int, int | None], list[Scene]] = defaultdict(list)
     for s in ps.scenes:
         groups[(s.n, s.large_slot)].append(s)
-    pooled: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # key -> [correct, total]
+    pooled: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])  # (n, role) -> [correct, total]
     result = ProbeResult("ioc", config={**asdict(opts), "num_classes": len(classes)})
     for (n, big), scenes in sorted(groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
         if len(scenes) < opts.min_scenes:
@@ -181,12 +193,15 @@ def ioc(ctx: ProbeContext) -> ProbeResult:
             )  # fmt: skip
             correct = int((preds == y[test]).sum())
             group = f"n{n}/large{big + 1}" if big is not None else f"equal/n{n}"
-            put_share(result, f"{group}/acc_slot_{k + 1}", correct, n_test)
+            variant = f"large{big + 1}" if big is not None else "equal"
+            put_share(result, f"{group}/acc_slot_{k + 1}", correct, n_test, family="accuracy", n=n,
+                      key=f"slot_{k + 1}", variant=variant, chance=1 / len(classes))  # fmt: skip
             if big is not None:
-                tally = pooled[f"n{n}/acc_large" if k == big else f"n{n}/acc_small"]
+                tally = pooled[(n, "large" if k == big else "small")]
                 tally[0], tally[1] = tally[0] + correct, tally[1] + n_test
-    for key, (correct, total) in sorted(pooled.items()):
-        put_share(result, key, correct, total)
+    for (n, role), (correct, total) in sorted(pooled.items()):
+        put_share(result, f"n{n}/acc_{role}", correct, total, family="accuracy", n=n, key=role,
+                  chance=1 / len(classes))  # fmt: skip
     return result
 
 
@@ -200,6 +215,11 @@ class AttentionOptions:
     """Options of ``attention``: images per forward pass."""
 
     batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        from clipprobe.probes.common import check_option  # fewer than 1 would silently probe no image
+
+        check_option(self, "batch_size", self.batch_size >= 1, "at least 1")
 
 
 def _vit_parts(model: object) -> tuple[torch.nn.Module, torch.nn.Module] | str:
@@ -293,8 +313,8 @@ def attention(ctx: ProbeContext) -> ProbeResult:
     """Mean CLS attention share inside the large object's box (``n{n}/large``), inside a small
     one's (``n{n}/small``), and the mean per-scene ratio large / mean small (``n{n}/ratio``); for
     equal-size scenes ``equal/n{n}/slot_k``. Means carry normal 95% intervals."""
-    from clipprobe.probes.tallies import mean_compute, mean_update
     from clipprobe.probes.stats import put_mean
+    from clipprobe.probes.tallies import mean_compute, mean_update
 
     opts = parse_options(AttentionOptions, ctx.options, "attention")
     ps = _require_probe_set(ctx, "attention")
@@ -307,7 +327,7 @@ def attention(ctx: ProbeContext) -> ProbeResult:
     if len(scenes) < len(ps.scenes):
         result.notes.append(f"{len(ps.scenes) - len(scenes)} scenes without bounding boxes not used")
     visual = parts[0]
-    values: dict[str, list[float]] = defaultdict(list)
+    values: dict[tuple[str | None, int, str, str], list[float]] = defaultdict(list)  # (variant, n, family, key)
     for scene, amap, wh in _attention_maps(ctx, scenes, opts.batch_size, parts):
         shares = [
             float((amap * box_weights(o.bbox, wh, tuple(visual.image_size), amap.shape)).sum()) for o in scene.objects
@@ -316,13 +336,15 @@ def attention(ctx: ProbeContext) -> ProbeResult:
         if variant == "large":
             big = scene.large_slot
             small = [v for k, v in enumerate(shares) if k != big]
-            values[f"n{n}/large"].append(shares[big])
-            values[f"n{n}/small"] += small
-            values[f"n{n}/ratio"].append(shares[big] / max(sum(small) / len(small), 1e-12))
+            values[(None, n, "mean", "large")].append(shares[big])
+            values[(None, n, "mean", "small")] += small
+            values[(None, n, "ratio", "large/small")].append(shares[big] / max(sum(small) / len(small), 1e-12))
         else:
             for k, v in enumerate(shares):
-                values[f"equal/n{n}/slot_{k + 1}"].append(v)
-    for key, vals in sorted(values.items()):
+                values[("equal", n, "mean", f"slot_{k + 1}")].append(v)
+    for (variant, n, family, key), vals in sorted(values.items(), key=lambda kv: (kv[0][0] or "", kv[0][1:])):
         stats = mean_compute(mean_update(torch.tensor(vals, dtype=torch.float64)))
-        put_mean(result, key, float(stats["mean"]), float(stats["std"]), len(vals))
+        name = (f"{variant}/" if variant else "") + f"n{n}/" + ("ratio" if family == "ratio" else key)
+        put_mean(result, name, float(stats["mean"]), float(stats["std"]), len(vals), family=family, n=n, key=key,
+                 variant=variant)  # fmt: skip
     return result

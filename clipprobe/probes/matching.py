@@ -25,11 +25,11 @@ import torch
 
 from clipprobe.data.probeset import ProbeSet, Scene
 from clipprobe.errors import UserError
-from clipprobe.probes.tallies import preference_update
 from clipprobe.probes.base import Encoder, ProbeContext, ProbeResult, register
 from clipprobe.probes.captions import render
 from clipprobe.probes.common import encode_unique, parse_options, probe_options, resolve_vocab, split_embeddings
 from clipprobe.probes.stats import put_share
+from clipprobe.probes.tallies import PREFERENCE_COUNTS, PreferenceTally, Shard, tally_counts
 
 Objects = tuple[str, ...]
 SCENARIOS = ("scenario1", "scenario2", "order")
@@ -125,6 +125,7 @@ def itm_counts(
 ) -> dict[str, dict[int, dict[str, dict[str, torch.Tensor]]]]:
     """Preference counts ``[agg][n][scenario]`` (:func:`clipprobe.probes.tallies.preference_update`) from
     caption embeddings ``emb`` (``row[text]``); the scene images are encoded here, once each."""
+    shard = Shard.of(encoder)
     paths = [str(plan.probe_set.path(s)) for s in plan.scenes]
     images, image_row = encode_unique(encoder.encode_images, paths)
     out: dict[str, dict[int, dict[str, dict[str, torch.Tensor]]]] = {agg: {} for agg in aggregates}
@@ -133,12 +134,15 @@ def itm_counts(
             pairs = [(s, p) for s, t in zip(plan.scenes, plan.triples, strict=True) if s.n == n for p in t[scenario]]
             if not pairs:
                 continue
+            pairs = [pairs[i] for i in shard.rows(len(pairs))]  # this rank's pairs; counts summed over ranks
             img = images[[image_row[str(plan.probe_set.path(s))] for s, _ in pairs]]  # [P, D]
             for agg in aggregates:
-                right = _caption_embeddings([p[0] for _, p in pairs], agg, emb, row, template, plan.names)
-                wrong = _caption_embeddings([p[1] for _, p in pairs], agg, emb, row, template, plan.names)
-                scores_r, scores_w = (img * right).sum(-1), (img * wrong).sum(-1)
-                out[agg].setdefault(n, {})[scenario] = preference_update(scores_r, scores_w)
+                tally = shard.tally(PreferenceTally)
+                if pairs:
+                    right = _caption_embeddings([p[0] for _, p in pairs], agg, emb, row, template, plan.names)
+                    wrong = _caption_embeddings([p[1] for _, p in pairs], agg, emb, row, template, plan.names)
+                    tally.update((img * right).sum(-1), (img * wrong).sum(-1))
+                out[agg].setdefault(n, {})[scenario] = tally_counts(tally, PREFERENCE_COUNTS)
     return out
 
 
@@ -157,17 +161,24 @@ def itm_tallies(
     return itm_counts(encoder, plan, emb, row, template, aggregates)
 
 
-def put_itm(result: ProbeResult, prefix: str, tallies: dict[int, dict[str, dict[str, torch.Tensor]]]) -> None:
-    """Keys ``{prefix}n{n}/scenario1``, ``/scenario2`` (accuracy; ties lose), ``/order_pref`` (L first
-    wins, among scenes where the two orders score differently) and ``/order_ties``."""
+def put_itm(
+    result: ProbeResult, tallies: dict[int, dict[str, dict[str, torch.Tensor]]], variant: str | None = None
+) -> None:
+    """Names ``[{variant}/]n{n}/scenario1``, ``/scenario2`` (family ``accuracy``, key the scenario; ties
+    lose), ``/order_pref`` (family ``preference``: L first wins, among scenes where the two orders score
+    differently) and ``/order_ties`` (family ``tie_rate``)."""
+    prefix = f"{variant}/" if variant else ""
     for n, per in sorted(tallies.items()):
         for scenario in ("scenario1", "scenario2"):
             if scenario in per:  # absent when the vocabulary has no name missing from the scenes
                 c = per[scenario]
-                put_share(result, f"{prefix}n{n}/{scenario}", int(c["wins"]), int(c["total"]))
+                put_share(result, f"{prefix}n{n}/{scenario}", int(c["wins"]), int(c["total"]), family="accuracy", n=n,
+                          key=scenario, variant=variant, chance=0.5)  # fmt: skip
         c = per["order"]
-        put_share(result, f"{prefix}n{n}/order_pref", int(c["wins"]), int(c["total"] - c["ties"]))
-        put_share(result, f"{prefix}n{n}/order_ties", int(c["ties"]), int(c["total"]))
+        put_share(result, f"{prefix}n{n}/order_pref", int(c["wins"]), int(c["total"] - c["ties"]),
+                  family="preference", n=n, variant=variant, chance=0.5)  # fmt: skip
+        put_share(result, f"{prefix}n{n}/order_ties", int(c["ties"]), int(c["total"]), family="tie_rate", n=n,
+                  variant=variant)  # fmt: skip
 
 
 @register("itm", needs_probe_set=True, summary="Image-text matching: large object first vs last, absent-object foils.")
@@ -181,7 +192,7 @@ def itm(ctx: ProbeContext) -> ProbeResult:
     vocab = resolve_vocab(ctx)
     tallies = itm_tallies(ctx.encoder, ctx.probe_set, vocab, opts.template, opts.absent, seed)
     result = ProbeResult("itm", config={**asdict(opts), "seed": seed})
-    put_itm(result, "", tallies["plain"])
+    put_itm(result, tallies["plain"])
     skipped = sum(s.large_slot is None for s in ctx.probe_set.scenes)
     if skipped:
         result.notes.append(f"{skipped} scenes without a large object (equal size or unknown roles) not used")

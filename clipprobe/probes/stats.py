@@ -64,63 +64,73 @@ def bias_index(closest_1: float, n: int) -> float:
     return (closest_1 - chance) / (1.0 - chance)
 
 
-def put_share(result: ProbeResult, key: str, k: float, n: int) -> None:
-    """Record ``k / n`` under ``key`` with its count ``n`` and Wilson interval."""
-    result.metrics[key] = share(float(k), int(n))
-    result.counts[key] = int(n)
-    result.intervals[key] = wilson(float(k), int(n))
+def put_share(
+    result: ProbeResult, name: str, k: float, total: int, *, family: str, n: int | None = None,
+    key: str | None = None, variant: str | None = None, chance: float | None = None,
+) -> None:  # fmt: skip
+    """Record the share ``k / total`` as metric ``name`` with its count ``total`` and Wilson interval."""
+    from clipprobe.probes.base import Metric
+
+    result.add(Metric(name, family, share(float(k), int(total)), int(total), wilson(float(k), int(total)), n, key,
+                      variant, chance))  # fmt: skip
 
 
-def put_bias_index(result: ProbeResult, key: str, k_first: float, total: int, n: int) -> None:
+def put_bias_index(
+    result: ProbeResult, name: str, k_first: float, total: int, n: int, *, variant: str | None = None
+) -> None:
     """Record the bias index of ``closest_1 = k_first / total`` among ``n`` objects; its interval is
     the Wilson interval of ``closest_1`` mapped through the same (increasing, linear) formula."""
+    from clipprobe.probes.base import Metric
+
     lo, hi = wilson(float(k_first), int(total))
-    result.metrics[key] = bias_index(share(float(k_first), int(total)), n)
-    result.counts[key] = int(total)
-    result.intervals[key] = (bias_index(lo, n), bias_index(hi, n))
+    value = bias_index(share(float(k_first), int(total)), n)
+    result.add(Metric(name, "bias_index", value, int(total), (bias_index(lo, n), bias_index(hi, n)), n, None, variant,
+                      0.0))  # fmt: skip
 
 
-def put_mean(result: ProbeResult, key: str, mean: float, std: float, count: int) -> None:
+def put_mean(
+    result: ProbeResult, name: str, mean: float, std: float, count: int, *, family: str = "mean",
+    n: int | None = None, key: str | None = None, variant: str | None = None,
+) -> None:  # fmt: skip
     """Record a mean of ``count`` continuous values (for example attention shares) with the normal
     95% interval ``mean ± z * std / sqrt(count)``."""
+    from clipprobe.probes.base import Metric
+
     count = int(count)
     half = Z95 * std / math.sqrt(count) if count > 1 else math.nan
-    result.metrics[key] = float(mean) if count else math.nan
-    result.counts[key] = count
-    result.intervals[key] = (mean - half, mean + half) if count > 1 else (math.nan, math.nan)
+    value = float(mean) if count else math.nan
+    interval = (mean - half, mean + half) if count > 1 else (math.nan, math.nan)
+    result.add(Metric(name, family, value, count, interval, n, key, variant))
 
 
 def put_position_shares(
-    result: ProbeResult, prefix: str, counts: Mapping[str, Any], roles: Sequence[str] | None = None
+    result: ProbeResult, counts: Mapping[str, Any], *, variant: str | None = None, roles: Sequence[str] | None = None
 ) -> None:
-    """Write a position-share tally (:func:`clipprobe.probes.tallies.position_share_update` counts).
+    """Write a position-share tally (:func:`clipprobe.probes.tallies.position_share_update` counts) for
+    queries of ``n = len(counts["closest"])`` objects.
 
-    With ``roles=None`` (TOR: positions 1..n) the keys are ``{prefix}hit_rate``,
-    ``{prefix}share_k`` (among hits), ``{prefix}share_k_all`` (all queries), ``{prefix}closest_k``
-    and ``{prefix}bias_index``. With roles (IOR: ``large``, ``small_1``, ...; ``slot_1``, ...) they are
-    ``{prefix}<role>``, ``{prefix}<role>_all`` and ``{prefix}closest_<role>``.
+    Names start with ``{variant}/`` when there is a variant, then ``n{n}/``. With ``roles=None`` (TOR:
+    positions 1..n) they end in ``hit_rate``, ``share_k`` (among hits), ``share_k_all`` (all queries),
+    ``closest_k`` and ``bias_index``; with roles (IOR: ``large``, ``small_1``, ...; ``slot_1``, ...) in
+    ``<role>``, ``<role>_all`` and ``closest_<role>``. Families: ``hit_rate``, ``share``, ``share_all``,
+    ``closest``, ``bias_index``; the position or role is the entry's ``key``.
     """
     n = len(counts["closest"])
     names = [str(k + 1) for k in range(n)] if roles is None else list(roles)
     if len(names) != n:
         raise ValueError(f"{len(names)} role names for {n} objects")
+    prefix = (f"{variant}/" if variant else "") + f"n{n}/"
     total, hits = int(counts["total"]), int(counts["hits"])
-    put_share(result, f"{prefix}hit_rate", hits, total)
-    for k, name in enumerate(names):
-        base = f"share_{name}" if roles is None else name
-        put_share(result, f"{prefix}{base}", float(counts["top1_hits"][k]), hits)
-        put_share(result, f"{prefix}{base}_all", float(counts["top1_all"][k]), total)
-        put_share(result, f"{prefix}closest_{name}", float(counts["closest"][k]), total)
+    where = {"n": n, "variant": variant}
+    put_share(result, f"{prefix}hit_rate", hits, total, family="hit_rate", **where)
+    for k, key in enumerate(names):
+        base = f"share_{key}" if roles is None else key
+        chance = 1.0 / n
+        put_share(result, f"{prefix}{base}", float(counts["top1_hits"][k]), hits, family="share", key=key,
+                  chance=chance, **where)  # fmt: skip
+        put_share(result, f"{prefix}{base}_all", float(counts["top1_all"][k]), total, family="share_all", key=key,
+                  **where)  # fmt: skip
+        put_share(result, f"{prefix}closest_{key}", float(counts["closest"][k]), total, family="closest", key=key,
+                  chance=chance, **where)  # fmt: skip
     if n > 1:
-        put_bias_index(result, f"{prefix}bias_index", float(counts["closest"][0]), total, n)
-
-
-def merge_prefixed(into: ProbeResult, part: ProbeResult, prefix: str) -> None:
-    """Copy ``part``'s metrics, counts and intervals into ``into`` under ``prefix + key``."""
-    for key, value in part.metrics.items():
-        into.metrics[prefix + key] = value
-    for key, value in part.counts.items():
-        into.counts[prefix + key] = value
-    for key, value in part.intervals.items():
-        into.intervals[prefix + key] = value
-    into.notes.extend(f"{prefix}{note}" for note in part.notes)
+        put_bias_index(result, f"{prefix}bias_index", float(counts["closest"][0]), total, n, variant=variant)

@@ -1,8 +1,12 @@
 """Streaming tallies of the probes as torchmetrics ``Metric`` classes (sum-reduced, so the training
 callback can split probe work across DDP ranks), each a thin class over pure functions.
 
-Following torchmetrics: ``_x_update`` returns a batch's counts, ``_x_compute`` the formula; the
+Following torchmetrics: ``x_update`` returns a batch's counts, ``x_compute`` the formula; the
 probes in :mod:`clipprobe.probes` call the same pure functions, so the class and the probe agree.
+
+Under DDP the probes tally only their rank's share of the queries (:class:`Shard`, from the encoder)
+in a tally whose ``compute()`` sums the counts over ranks (``sync_on_compute``), so every rank ends
+with the counts of all queries.
 
 - :class:`PositionShareTally` (TOR, IOR, I2TOR): per query, similarities to every reference
   ``[B, V]`` and the query's own objects ``[B, n]`` in position (or role) order.
@@ -13,9 +17,55 @@ probes in :mod:`clipprobe.probes` call the same pure functions, so the class and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TypeVar
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+T = TypeVar("T", bound=Metric)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a probe's queries: ``rank`` of ``world_size``; tallies live on ``device``
+    (NCCL reduces CUDA tensors only)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def of(cls, encoder: object) -> Shard:
+        """The shard an encoder works in (one process for encoders without ``rank``/``world_size``)."""
+        world = int(getattr(encoder, "world_size", 1))
+        device = torch.device(getattr(encoder, "device", "cpu")) if world > 1 else torch.device("cpu")
+        return cls(int(getattr(encoder, "rank", 0)), world, device)
+
+    def rows(self, total: int) -> range:
+        """This rank's contiguous share of ``total`` query rows."""
+        per = -(-total // self.world_size)  # ceil
+        return range(min(total, self.rank * per), min(total, (self.rank + 1) * per))
+
+    def tally(self, metric: type[T], *args: object) -> T:
+        """A new tally that sums across ranks on ``compute()`` when there are several."""
+        return metric(*args, sync_on_compute=self.world_size > 1).to(self.device)  # type: ignore[call-arg]
+
+
+def tally_counts(tally: Metric, keys: tuple[str, ...]) -> dict[str, Tensor]:
+    """The (rank-summed) counts of a tally, on the CPU."""
+    import warnings
+
+    with warnings.catch_warnings():  # a rank with no queries computes its zeros, as intended
+        warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+        out = tally.compute()
+    return {k: out[k].cpu() for k in keys}
+
+
+ONE_PROCESS = Shard()
+POSITION_COUNTS = ("total", "hits", "top1_hits", "top1_all", "closest")
+PREFERENCE_COUNTS = ("wins", "ties", "total")
 
 
 def _check_n(n: int) -> None:

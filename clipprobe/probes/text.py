@@ -16,7 +16,6 @@ from typing import Literal, TypeVar
 import torch
 
 from clipprobe.errors import UserError
-from clipprobe.probes.tallies import position_share_update, add_counts
 from clipprobe.probes.base import Encoder, ProbeContext, ProbeResult, register
 from clipprobe.probes.captions import Caption, make_captions, render
 from clipprobe.probes.common import (
@@ -29,6 +28,7 @@ from clipprobe.probes.common import (
     split_embeddings,
 )
 from clipprobe.probes.stats import put_position_shares, put_share
+from clipprobe.probes.tallies import ONE_PROCESS, POSITION_COUNTS, PositionShareTally, Shard, tally_counts
 
 Aggregate = Literal["plain", "split"]
 K = TypeVar("K", bound=Hashable)
@@ -57,6 +57,11 @@ class TorOptions:
     num_captions: int = 2_000
     orders: Literal["random", "all"] = "random"
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        from clipprobe.probes.common import check_option  # fewer than 1 would silently run 1 caption per n
+
+        check_option(self, "num_captions", self.num_captions >= 1, "at least 1")
 
 
 def _captions(opts: TorOptions, vocab: list[str], counts: list[int], seed: int) -> dict[int, list[Caption]]:
@@ -95,9 +100,11 @@ def tor_counts(
     captions: Mapping[K, list[Caption]],
     template: str,
     aggregates: Sequence[Aggregate] = ("plain",),
+    shard: Shard = ONE_PROCESS,
 ) -> dict[str, dict[K, dict[str, torch.Tensor]]]:
     """Position-share counts of captions against reference names, per aggregate and caption group
-    (the keys of ``captions``, e.g. n), from text embeddings ``emb`` (``row[text]`` = its row).
+    (the keys of ``captions``, e.g. n), from text embeddings ``emb`` (``row[text]`` = its row); each
+    rank of ``shard`` tallies its share of the captions and the counts are summed over ranks.
 
     ``plain`` embeds each caption whole; ``split`` embeds each object alone (rendered with the same
     template) and takes the normalised sum.
@@ -109,16 +116,17 @@ def tor_counts(
     for agg in aggregates:
         out[agg] = {}
         for key, caps in captions.items():
-            tally = None
-            for lo in range(0, len(caps), _CHUNK):
-                chunk = caps[lo : lo + _CHUNK]
+            tally = shard.tally(PositionShareTally, len(caps[0].objects) if caps else 1)
+            mine = caps[shard.rows(len(caps)).start : shard.rows(len(caps)).stop]  # this rank's captions
+            for lo in range(0, len(mine), _CHUNK):
+                chunk = mine[lo : lo + _CHUNK]
                 objects = torch.tensor([[ref_index[o] for o in c.objects] for c in chunk], dtype=torch.long)
                 if agg == "plain":
                     cap_emb = emb[[row[c.text] for c in chunk]]
                 else:
                     cap_emb = split_embeddings(single, objects)
-                tally = add_counts(tally, position_share_update(cap_emb @ names.T, objects))
-            out[agg][key] = tally
+                tally.update(cap_emb @ names.T, objects)
+            out[agg][key] = tally_counts(tally, POSITION_COUNTS)
     return out
 
 
@@ -131,7 +139,7 @@ def tor_tallies(
 ) -> dict[str, dict[K, dict[str, torch.Tensor]]]:
     """:func:`tor_counts` after encoding every needed text in one call."""
     emb, row = encode_unique(encoder.encode_texts, tor_texts(references, captions, template, aggregates))
-    return tor_counts(emb, row, references, captions, template, aggregates)
+    return tor_counts(emb, row, references, captions, template, aggregates, Shard.of(encoder))
 
 
 def _config(opts: object, **extra: object) -> dict[str, object]:
@@ -160,7 +168,7 @@ def tor(ctx: ProbeContext) -> ProbeResult:
     tallies = tor_tallies(ctx.encoder, vocab, captions, opts.template)
     result = ProbeResult("tor", config=_config(opts, seed=seed, n=counts, vocab=vocab))
     for n in counts:
-        put_position_shares(result, f"n{n}/", tallies["plain"][n])
+        put_position_shares(result, tallies["plain"][n])
     result.notes += _paper_notes(opts, vocab, captions)
     return result
 
@@ -196,15 +204,15 @@ def mitigation(ctx: ProbeContext) -> ProbeResult:
     texts = tor_texts(vocab, captions, opts.template, aggs)
     texts += matching.itm_texts(plan, opts.template, aggs) if plan else []
     emb, row = encode_unique(ctx.encoder.encode_texts, texts)  # one call for TOR and ITM
-    tallies = tor_counts(emb, row, vocab, captions, opts.template, aggs)
+    tallies = tor_counts(emb, row, vocab, captions, opts.template, aggs, Shard.of(ctx.encoder))
     result = ProbeResult("mitigation", config=_config(opts, seed=seed, n=counts, vocab=vocab))
     for agg in aggs:
         for n in counts:
-            put_position_shares(result, f"{agg}/n{n}/", tallies[agg][n])
+            put_position_shares(result, tallies[agg][n], variant=agg)
     if plan is not None:
         itm = matching.itm_counts(ctx.encoder, plan, emb, row, opts.template, aggs)
         for agg in aggs:
-            matching.put_itm(result, f"{agg}/", itm[agg])
+            matching.put_itm(result, itm[agg], variant=agg)
     elif opts.itm:
         result.notes.append("itm skipped: no probe set given")
     result.notes += _paper_notes(opts, vocab, captions)
@@ -282,8 +290,8 @@ def size_claim(ctx: ProbeContext) -> ProbeResult:
     }
     tallies = tor_tallies(ctx.encoder, references, captions, opts.template)
     result = ProbeResult("size_claim", config=_config(opts, seed=seed))
-    for (group, n), counts in tallies["plain"].items():
-        put_position_shares(result, f"{group}/n{n}/", counts)
+    for (group, _n), counts in tallies["plain"].items():
+        put_position_shares(result, counts, variant=group)
     return result
 
 
@@ -312,6 +320,13 @@ class TocOptions:
     batch_size: int = 32
     epochs: int = 10
     seed: int = 42
+
+    def __post_init__(self) -> None:
+        from clipprobe.probes.common import check_option  # out of range: silently no sentences or an untrained head
+
+        for name in ("batch_size", "epochs", "per_label"):
+            check_option(self, name, getattr(self, name) >= 1, "at least 1")
+        check_option(self, "lr", self.lr > 0, "greater than 0")
 
 
 def toc_sentences(vocab: Sequence[str], n: int, k: int, per_label: int, seed: int) -> list[tuple[int, tuple[str, ...]]]:
@@ -361,5 +376,6 @@ def toc(ctx: ProbeContext) -> ProbeResult:
             x[train], y[train], x[test], len(vocab), lr=opts.lr, batch_size=opts.batch_size, epochs=opts.epochs,
             seed=opts.seed, progress=ctx.progress, desc=f"toc position {k}",
         )  # fmt: skip
-        put_share(result, f"n{opts.n}/acc_{k}", int((preds == y[test]).sum()), n_test)
+        put_share(result, f"n{opts.n}/acc_{k}", int((preds == y[test]).sum()), n_test, family="accuracy", n=opts.n,
+                  key=str(k), chance=1 / len(vocab))  # fmt: skip
     return result
