@@ -14,14 +14,15 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from clipprobe.training.callbacks import BiasProbeCallback, ReusingEncoder, append_records, headline, log_values
 from clipprobe.cli import main
 from clipprobe.data.generate import ensure_probe_set
 from clipprobe.data.probeset import ProbeSet
 from clipprobe.data.shards import ShardDataModule
 from clipprobe.errors import UserError
+from clipprobe.evaluation.records import Record, append_records, read_records
+from clipprobe.probes.base import Metric
+from clipprobe.training.callbacks import BiasProbeCallback, headline, log_values
 from clipprobe.training.module import CLIPModule
-from clipprobe.evaluation.plot import read_records
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 ROOT = Path(__file__).parents[1]
@@ -61,7 +62,7 @@ def train(run: Path, corpus: str, callbacks: list[L.Callback], max_steps: int, c
     return module
 
 
-def test_reusing_encoder_keeps_inputs_and_recomputes_embeddings(cache: str) -> None:
+def test_kept_inputs_survive_refresh_and_embeddings_are_recomputed(cache: str) -> None:
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -73,7 +74,7 @@ def test_reusing_encoder_keeps_inputs_and_recomputes_embeddings(cache: str) -> N
     preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
     tokenizer = open_clip.get_tokenizer("clipprobe-tiny")
     texts, images = ["a car", "a bus and a car", "a car"], [str(ps.path(s)) for s in ps.scenes[:5]]
-    enc = ReusingEncoder(model, preprocess, tokenizer, batch_size=2, progress=False)
+    enc = CachedEncoder(model, preprocess, tokenizer, batch_size=2, progress=False, keep_inputs=True)
     first_t, first_i = enc.encode_texts(texts), enc.encode_images(images)
     assert (enc.texts_tokenized, enc.images_prepared) == (2, 5)
     with torch.no_grad():
@@ -89,19 +90,29 @@ def test_reusing_encoder_keeps_inputs_and_recomputes_embeddings(cache: str) -> N
     assert torch.allclose(again_i, fresh.encode_images(images), atol=1e-6)
 
 
+def _record(step: int, metrics: list[Metric]) -> Record:
+    return Record("clipprobe-tiny", {"kind": "run", "run": "/r", "step": step}, "tor", 1, {}, "s", metrics,
+                  step=step, samples_seen=8 * step, timing={"seconds": 0.5}, source="callback")  # fmt: skip
+
+
+def _m(name: str, value: float, family: str = "closest", n: int = 2, key: str | None = "1", variant: str | None = None):
+    return Metric(name, family, value, 10, (0.0, 1.0), n, key, variant)
+
+
 def test_records_are_whole_lines(tmp_path: Path) -> None:
     path = tmp_path / "probes.jsonl"
-    rec = {"step": 0, "samples_seen": 0, "set": "s", "probe": "tor", "metrics": {"n2/share_1": float("nan")},
-           "counts": {}, "intervals": {}, "seconds": 0.5}  # fmt: skip
-    append_records(path, [rec])
-    path.write_text(path.read_text() + '{"step": 2, "cut sh')  # a line cut short by hand
-    append_records(path, [{**rec, "step": 4}])
+    append_records(path, [_record(0, [_m("n2/share_1", float("nan"), "share")])])
+    size = path.stat().st_size
+    path.write_text(path.read_text() + '{"step": 2, "cut sh')  # a line cut short by a kill
+    append_records(path, [_record(4, [_m("n2/share_1", 0.5, "share")])])
     lines = path.read_text().splitlines()
-    assert [json.loads(x)["step"] for x in lines] == [0, 4] and json.loads(lines[0])["metrics"]["n2/share_1"] is None
-    shown = {"n2/closest_1": 0.6, "n3/closest_1": float("nan"), "equal/n2/closest_1": 0.1}
-    assert headline([{**rec, "metrics": shown}]) == "s/tor closest_1 n2=0.60"
-    assert log_values([{**rec, "metrics": {"n2/share_1": 0.25, "note": "x"}}]) == {
-        "probe/s/tor/n2/share_1": 0.25, "probe/seconds": 0.5, "train/samples_seen": 0.0}  # fmt: skip
+    assert len(lines) == 3 and json.loads(lines[0])["metrics"][0]["value"] is None
+    assert [r.step for r in read_records(path)] == [0, 4]  # the cut line is skipped, the next one whole
+    assert path.read_bytes()[:size] == lines[0].encode() + b"\n"  # appended, never rewritten
+    shown = [_m("n2/closest_1", 0.6), _m("n3/closest_1", float("nan"), n=3), _m("equal/n2/closest_1", 0.1, variant="equal")]
+    assert headline([_record(0, shown)]) == "s/tor closest_1 n2=0.60"
+    assert log_values([_record(2, [_m("n2/share_1", 0.25, "share"), _m("n2/x", float("nan"))])]) == {
+        "probe/s/tor/n2/share_1": 0.25, "probe/seconds": 0.5, "train/samples_seen": 16.0}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -148,12 +159,14 @@ def test_fires_at_configured_steps_and_logs_keys(tmp_path: Path, corpus: str, ca
     train(tmp_path, corpus, [cb, ModeCheck()], max_steps=5, logger=CSVLogger(tmp_path, name="", version=""))
     assert [h["step"] for h in cb.history] == [0, 2, 4, 5]  # step 0, every 2, and the end
     records = read_records(tmp_path / "probes.jsonl")
-    assert [(r["step"], r["set"], r["probe"]) for r in records] == [
+    assert [(r.step, r.target, r.probe) for r in records] == [
         (s, "comco", p) for s in (0, 2, 4, 5) for p in ("tor", "ior")]  # fmt: skip
-    assert [r["samples_seen"] for r in records[::2]] == [0, 16, 32, 40]
+    assert [r.samples_seen for r in records[::2]] == [0, 16, 32, 40]
     for r in records:
-        assert {"metrics", "counts", "intervals", "seconds"} <= set(r) and r["seconds"] > 0
-    assert "n3/share_1" in records[0]["metrics"] and "n3/large" in records[1]["metrics"]
+        assert r.source == "callback" and r.metrics and r.timing["seconds"] > 0 and r.model == "clipprobe-tiny"
+        assert r.weights == {"kind": "run", "run": str(tmp_path.resolve()), "step": r.step}
+        assert r.probe_set["manifest_sha256"] and r.options["run_seed"] == 0
+    assert records[0].metric("n3/share_1").family == "share" and records[1].metric("n3/large").key == "large"
     with (tmp_path / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     key = "probe/comco/tor/n2/share_1_all"
@@ -179,11 +192,11 @@ def test_resume_neither_repeats_nor_skips(tmp_path: Path, corpus: str, cache: st
     cb = probe_callback(cache)
     train(tmp_path, corpus, [cb, ckpt()], max_steps=6, ckpt=str(tmp_path / "ckpt" / "step=2.ckpt"))
     assert [h["step"] for h in cb.history] == [6]
-    assert [r["step"] for r in read_records(tmp_path / "probes.jsonl")][::2] == [0, 2, 4, 6]
+    assert [r.step for r in read_records(tmp_path / "probes.jsonl")][::2] == [0, 2, 4, 6]
     # A fresh run in the same folder starts a new file and keeps the old one aside.
     cb = probe_callback(cache)
     train(tmp_path, corpus, [cb], max_steps=1)
-    assert [r["step"] for r in read_records(tmp_path / "probes.jsonl")] == [0, 0, 1, 1]
+    assert [r.step for r in read_records(tmp_path / "probes.jsonl")] == [0, 0, 1, 1]
     (old,) = tmp_path.glob("probes.*.jsonl.old")
     assert len(read_records(old)) == 8
 
@@ -239,7 +252,7 @@ def test_offline_wandb_run_holds_the_probe_history(tmp_path: Path, corpus: str, 
     probed = [h for h in history if key in h]
     assert [h["trainer/global_step"] for h in probed] == [0, 2, 4]
     assert [h["train/samples_seen"] for h in probed] == [0, 16, 32]
-    logged = [r["metrics"][key.split("/", 3)[3]] for r in read_records(run / "probes.jsonl") if r["probe"] == "tor"]
+    logged = [r.metric(key.split("/", 3)[3]).value for r in read_records(run / "probes.jsonl") if r.probe == "tor"]
     assert [h[key] for h in probed] == pytest.approx(logged)
     tables = [h for h in history if h.get("probe_shares/comco/tor._type") == "table-file"]  # per-position shares
     assert [h["trainer/global_step"] for h in tables] == [0, 2, 4] and any("train/loss" in h for h in history)

@@ -1,9 +1,10 @@
-"""End to end: a tiny random model and a small generated ComCO set, through `clipprobe eval` to JSON
-files and through `clipprobe report` to CSV, markdown and PNG."""
+"""End to end: a tiny random model and a small generated ComCO set, through `clipprobe eval` to record
+files (JSON Lines, schema 2) and through `clipprobe report` to CSV, markdown and PNG."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,63 +49,101 @@ def run_eval(*argv: str) -> None:
     assert main(["eval", "--device", "cpu", "--batch-size", "16", "--progress", "false", *argv]) == 0
 
 
-def test_eval_writes_one_json_per_job_then_report(probe_set, tmp_path, capsys):
+def records(folder) -> dict[str, dict]:
+    """File name -> its one record (JSON)."""
+    out = {}
+    for f in sorted(folder.glob("*.jsonl")):
+        lines = f.read_text().splitlines()
+        assert len(lines) == 1, f
+        out[f.name] = json.loads(lines[0])
+    return out
+
+
+def by_name(rec: dict) -> dict[str, dict]:
+    return {m["name"]: m for m in rec["metrics"]}
+
+
+def test_eval_writes_one_record_per_job_then_report(probe_set, tmp_path, capsys):
     out = tmp_path / "results"
     run_eval("--model", "clipprobe-tiny", "--probes", PROBES, "--probe-set", str(probe_set), "--out", str(out))
-    files = sorted(p.name for p in out.glob("*.json"))
+    recs = records(out)
     label = json.loads((probe_set / "manifest.json").read_text())["name"]
-    assert files == sorted(f"clipprobe-tiny__random__{label}__{p}.json" for p in PROBES.split(","))
-    for f in out.glob("*.json"):
-        rec = json.loads(f.read_text())
-        assert rec["model"] == "clipprobe-tiny" and rec["pretrained"] is None and rec["checkpoint"] is None
+    assert sorted(n.rsplit("__", 1)[0] for n in recs) == sorted(
+        f"clipprobe-tiny__random__{label}__{p}" for p in PROBES.split(",")
+    )
+    for name, rec in recs.items():
+        assert rec["schema"] == 2 and rec["source"] == "eval" and rec["probe"] in name
+        assert rec["model"] == "clipprobe-tiny" and rec["weights"] == {"kind": "random", "seed": 0}
         assert rec["probe_set"]["kind"] == "comco" and rec["probe_set"]["image_size"] == 64
-        assert rec["clipprobe_version"] and rec["timestamp"] and rec["eval_config"]["device"] == "cpu"
-        assert rec["metrics"] and set(rec["metrics"]) == set(rec["counts"])
-        for key, (lo, hi) in rec["intervals"].items():
-            value = rec["metrics"][key]
-            assert value is None or lo - 1e-9 <= value <= hi + 1e-9, key
-    tor = json.loads((out / f"clipprobe-tiny__random__{label}__tor.json").read_text())
-    assert {"n2/share_1", "n3/closest_3", "n3/hit_rate"} <= set(tor["metrics"])
-    assert sum(tor["metrics"][f"n3/closest_{k}"] for k in (1, 2, 3)) == pytest.approx(1.0)
-    ior = json.loads((out / f"clipprobe-tiny__random__{label}__ior.json").read_text())
-    assert {"n2/large", "n3/small_2"} <= set(ior["metrics"])
+        assert len(rec["probe_set"]["manifest_sha256"]) == 64
+        assert rec["clipprobe_version"] and rec["timestamp"] and rec["config"]["eval"]["device"] == "cpu"
+        assert rec["metrics"] and all({"family", "n", "key", "value", "count", "interval"} <= set(m) for m in rec["metrics"])
+        for m in rec["metrics"]:
+            lo, hi = m["interval"]
+            assert m["value"] is None or lo - 1e-9 <= m["value"] <= hi + 1e-9, m["name"]
+    tor = by_name(next(r for r in recs.values() if r["probe"] == "tor"))
+    assert {"n2/share_1", "n3/closest_3", "n3/hit_rate"} <= set(tor)
+    assert (tor["n3/closest_3"]["family"], tor["n3/closest_3"]["n"], tor["n3/closest_3"]["key"]) == ("closest", 3, "3")
+    assert sum(tor[f"n3/closest_{k}"]["value"] for k in (1, 2, 3)) == pytest.approx(1.0)
+    ior = by_name(next(r for r in recs.values() if r["probe"] == "ior"))
+    assert {"n2/large", "n3/small_2"} <= set(ior) and ior["n2/large"]["key"] == "large"
     # Every unique image (6 references + 42 scenes) is encoded once, whatever the probes ask.
-    assert max(json.loads(f.read_text())["encoder"]["images_encoded"] for f in out.glob("*.json")) <= 6 + 42
+    assert max(r["timing"]["encoder"]["images_encoded"] for r in recs.values()) <= 6 + 42
 
     capsys.readouterr()
-    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*.json")}
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*.jsonl")}
     run_eval("--model", "clipprobe-tiny", "--probes", PROBES, "--probe-set", str(probe_set), "--out", str(out),
              "--skip-existing")  # fmt: skip
-    assert capsys.readouterr().out.count("(exists)") == 3
-    assert mtimes == {p: p.stat().st_mtime_ns for p in out.glob("*.json")}
+    assert capsys.readouterr().out.count("(same identity exists)") == 3
+    assert mtimes == {p: p.stat().st_mtime_ns for p in out.glob("*.jsonl")}
 
     report = tmp_path / "report"
     assert main(["report", str(out), "--out", str(report)]) == 0
     assert "## tor · " in (report / "results.md").read_text()
-    assert len((report / "results.csv").read_text().splitlines()) == 1 + sum(
-        len(json.loads(f.read_text())["metrics"]) for f in out.glob("*.json")
-    )
+    assert len((report / "results.csv").read_text().splitlines()) == 1 + sum(len(r["metrics"]) for r in recs.values())
     assert any(p.suffix == ".png" for p in (report / "plots").iterdir())
+
+
+def test_skip_existing_reruns_when_the_identity_changes(probe_set, tmp_path, capsys):
+    """Another option, another seed or other weights is another identity: another file, never a skip."""
+    out = tmp_path / "r"
+    base = ["--model", "clipprobe-tiny", "--probes", "tor", "--vocab", "simco", "--out", str(out), "--skip-existing"]
+    run_eval(*base, "--options", SMALL_TOR)
+    run_eval(*base, "--options", '{"tor": {"n": [2, 3], "num_captions": 60, "mode": "paper"}}')
+    run_eval(*base, "--options", SMALL_TOR, "--seed", "5")
+    assert "same identity" not in capsys.readouterr().out
+    assert len(records(out)) == 3
+    run_eval(*base, "--options", SMALL_TOR)
+    assert capsys.readouterr().out.count("(same identity exists)") == 1
+    cut = sorted(out.glob("*.jsonl"))[0]
+    cut.write_text(cut.read_text()[:40])  # a truncated record does not count as done
+    run_eval(*base, "--options", SMALL_TOR, "--seed", "5")
+    run_eval(*base, "--options", SMALL_TOR)
+    run_eval(*base, "--options", '{"tor": {"n": [2, 3], "num_captions": 60, "mode": "paper"}}')
+    assert capsys.readouterr().out.count("(same identity exists)") == 2
+    assert len(records(out)) == 3
 
 
 def test_same_seed_same_metrics(probe_set, tmp_path):
     for run in ("a", "b"):
         run_eval("--model", "clipprobe-tiny", "--probes", "tor,ior", "--probe-set", str(probe_set),
                  "--out", str(tmp_path / run), "--seed", "3")  # fmt: skip
-    for f in (tmp_path / "a").glob("*.json"):
-        a, b = json.loads(f.read_text()), json.loads((tmp_path / "b" / f.name).read_text())
-        assert a["metrics"] == b["metrics"] and a["counts"] == b["counts"]
+    a, b = records(tmp_path / "a"), records(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name]["metrics"] == b[name]["metrics"]
 
 
 def test_checkpoint_series_and_models_file(series, tmp_path):
     out = tmp_path / "results"
     run_eval("--checkpoints", str(series / "*.pt"), "--probes", "tor", "--vocab", "simco", "--out", str(out),
              "--options", SMALL_TOR)  # fmt: skip
-    recs = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    recs = list(records(out).values())
     assert sorted((r["step"], r["samples_seen"]) for r in recs) == [(10, 1280), (30, 3840), (200, 25600)]
     assert all(r["target"] == "vocab-simco" and r["vocab"] == "simco" for r in recs)
-    assert {r["weights"] for r in recs} == {"export_step10", "export_step30", "export_step200"}
-    assert all(r["checkpoint"].startswith(str(series)) for r in recs)
+    assert {Path(r["weights"]["path"]).name for r in recs} == {"export_step10.pt", "export_step30.pt", "export_step200.pt"}
+    assert all(r["weights"]["kind"] == "file" and len(r["weights"]["sha256"]) == 64 for r in recs)
+    assert all(r["weights"]["path"].startswith(str(series)) for r in recs)
     assert len({json.dumps(r["metrics"], sort_keys=True) for r in recs}) == 3  # different weights, different results
 
     models = tmp_path / "models.txt"
@@ -113,13 +152,13 @@ def test_checkpoint_series_and_models_file(series, tmp_path):
     )
     run_eval("--models", str(models), "--probes", "tor", "--vocab", "simco", "--out", str(tmp_path / "m"),
              "--options", SMALL_TOR)  # fmt: skip
-    assert sorted(p.name for p in (tmp_path / "m").glob("*.json")) == [
-        "clipprobe-tiny__export_step30__vocab-simco__tor.json",
-        "clipprobe-tiny__random__vocab-simco__tor.json",
+    assert sorted(p.rsplit("__", 1)[0] for p in records(tmp_path / "m")) == [
+        "clipprobe-tiny__export_step30__vocab-simco__tor",
+        "clipprobe-tiny__random__vocab-simco__tor",
     ]
     report = tmp_path / "report"
-    main(["report", str(out), "--out", str(report)])
-    assert any(p.name.startswith("series0__") for p in (report / "plots").iterdir())
+    assert main(["report", str(out), "--out", str(report)]) == 0
+    assert any(p.suffix == ".png" for p in (report / "plots").iterdir())
 
 
 @pytest.mark.parametrize(
@@ -161,7 +200,7 @@ def test_shipped_eval_configs_name_real_options(monkeypatch):
     seen = {}
     monkeypatch.setattr(ev, "_run", lambda plan, config, skip: seen.update(config=config, jobs=plan.jobs) or [])
     monkeypatch.setattr(ev, "load_probe_sets", lambda entries, generate: [])
-    monkeypatch.setattr(ev, "model_specs", lambda *a: [ModelSpec("clipprobe-tiny")])
+    monkeypatch.setattr(ev, "model_specs", lambda *a, **k: [ModelSpec("clipprobe-tiny")])
     configs = sorted((Path(__file__).parents[1] / "configs" / "eval").glob("*.yaml"))
     assert {p.name for p in configs} >= {"paper.yaml", "tiny.yaml"}
     for path in configs:
@@ -179,8 +218,4 @@ def test_tiny_config_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPPROBE_CACHE", str(tmp_path / "cache"))
     config = Path(__file__).parents[1] / "configs" / "eval" / "tiny.yaml"
     assert main(["eval", "--config", str(config), "--out", str(tmp_path / "r"), "--progress", "false"]) == 0
-    assert sorted(p.name.split("__")[-1] for p in (tmp_path / "r").glob("*.json")) == [
-        "ior.json",
-        "itm.json",
-        "tor.json",
-    ]
+    assert sorted(p.name.split("__")[-2] for p in (tmp_path / "r").glob("*.jsonl")) == ["ior", "itm", "tor"]

@@ -1,9 +1,12 @@
-"""``clipprobe eval``: run probes on models, files or checkpoint series; one results JSON per job.
+"""``clipprobe eval``: run probes on models, files or checkpoint series; one record file per job.
 
-A job is one (model, weights, probe set, probe), planned and checked in :mod:`clipprobe.evaluation.jobs`.
-Its file is named from ``RESULT_TEMPLATE``, written atomically, and skipped on a rerun with
-``--skip-existing`` (so sweeps resume). Each model is loaded once, and one :class:`~clipprobe.probes.encode.CachedEncoder` serves all its jobs, so a
-text or image shared by several probes or probe sets is encoded once.
+A job is one (model, weights, target, probe), planned and checked in :mod:`clipprobe.evaluation.jobs`;
+its record (:class:`~clipprobe.evaluation.records.Record`) comes from the one evaluation function,
+:func:`clipprobe.evaluation.runner.run_evaluation`, and goes to a JSON Lines file named from its
+identity, written atomically; ``--skip_existing`` reuses a file only when it holds a readable record of
+the same identity (so sweeps resume). Each model is loaded once, and one
+:class:`~clipprobe.probes.encode.CachedEncoder` serves all its jobs, so a text or image shared by several
+probes or probe sets is encoded once.
 
 Text probes need no probe set: with ``--vocab`` they run once per model against that vocabulary;
 without it they run once per probe set, on the set's vocabulary (or once on the study's COCO names
@@ -12,10 +15,7 @@ when no probe set is given).
 
 from __future__ import annotations
 
-import re
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,6 @@ from clipprobe.evaluation.jobs import (
     resolve_probes,
     targets,
 )
-
-SCHEMA_VERSION = 1  # of the results JSON
 
 
 def evaluate(
@@ -53,11 +51,14 @@ def evaluate(
     num_workers: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    trust_pickle: bool = False,
 ) -> list[Path]:
-    """Run probes on models and write one JSON per (model, weights, probe set, probe).
+    """Run probes on models and write one record file per (model, weights, probe set, probe).
 
-    Files are named ``OUT/<model>__<weights>__<probeset>__<probe>.json``; text probes run without a
-    probe set use ``vocab-<name>`` in place of the probe set.
+    Files are named ``OUT/<model>__<weights>__<probeset>__<probe>__<identity>.jsonl`` (one JSON line, the
+    record; ``clipprobe report`` reads them); text probes run without a probe set use ``vocab-<name>`` in
+    place of the probe set; ``<identity>`` hashes what produced the result (weights content, probe set,
+    probe version and options).
 
     Args:
         model: open_clip architecture (``ViT-B-32``, ``clipprobe-tiny``, ``hf-hub:org/repo``); with
@@ -69,7 +70,7 @@ def evaluate(
             (--model, --models lines, --checkpoints, in that order); e.g. one task of an array job, with
             $SLURM_ARRAY_TASK_ID (slurm/eval.sbatch).
         probes: probe names (default: all that can run; image probes need --probe-set): tor, toc, mitigation,
-            size_claim, ior, i2tor, ioc, itm, attention (PROBES.md).
+            size_claim, ior, i2tor, ioc, itm, attention (docs/PROBES.md).
         probe_set: probe set folders (own or the study's layout), or ``comco``/``simco`` to generate one
             into the cache ($CLIPPROBE_CACHE); image probes need at least one, text probes none.
         generate: parameters for sets named by kind, as for 'clipprobe data comco' (e.g. image_size: 64).
@@ -77,12 +78,15 @@ def evaluate(
             set's own, or the study's 90 COCO names.
         options: per-probe options, e.g. ``{tor: {mode: paper, template: bare}}``.
         out: results folder.
-        skip_existing: do not rerun jobs whose result file exists (resume a sweep).
+        skip_existing: do not rerun a job whose result file holds a record of the same identity (resume a sweep).
         device: auto (cuda when available), cpu, cuda or cuda:N.
         batch_size: inputs per model call.
         num_workers: image-loading workers (default: chosen by the number of images).
         seed: seed for the probes' sampling (balanced captions, classifier splits).
         progress: show progress bars.
+        trust_pickle: unpickle checkpoint files fully (runs code stored in the file): only for files you
+            trust, e.g. old checkpoints that hold custom Python objects. Without it, files holding anything
+            but tensors and plain data are refused.
 
     Returns:
         The result files written or found (when skipped).
@@ -91,7 +95,7 @@ def evaluate(
     config["device"] = device = resolve_device(device)
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    specs = model_specs(model, pretrained, models, checkpoints, model_index)
+    specs = model_specs(model, pretrained, models, checkpoints, model_index, trust_pickle=trust_pickle)
     chosen = resolve_probes(probes, with_probe_sets=bool(probe_set))
     check_options(dict(options or {}), chosen)
     sets = load_probe_sets(probe_set, generate)
@@ -99,7 +103,7 @@ def evaluate(
     if needy and not sets:
         raise UserError(f"probe {needy[0]} needs a probe set; pass --probe-set DIR (or comco to generate one)")
     tgts = targets(sets, vocab, image_probes=bool(needy), text_probes=len(needy) < len(chosen))
-    plan = plan_jobs(specs, tgts, chosen, Path(out))
+    plan = plan_jobs(specs, tgts, chosen, Path(out), dict(options or {}), seed)
     return _run(plan, config, skip_existing)
 
 
@@ -112,15 +116,15 @@ def _run(plan: Plan, config: dict[str, Any], skip_existing: bool) -> list[Path]:
     done: list[Path] = []
     total, counter = len(plan.jobs), iter(range(1, len(plan.jobs) + 1))
     for spec, jobs in plan.by_model().items():
-        todo = [j for j in jobs if not (skip_existing and j.path.is_file())]
+        todo = [j for j in jobs if not (skip_existing and _holds_identity(j))]
         for job in jobs:
             if job not in todo:
-                _say(f"[{next(counter)}/{total}] skip {job.path.name} (exists)")
+                _say(f"[{next(counter)}/{total}] skip {job.path.name} (same identity exists)")
                 done.append(job.path)
         if not todo:
             continue
         torch.manual_seed(config["seed"])  # randomly initialised models are the same on every run
-        loaded = load_model(spec.name, spec.pretrained, device=config["device"])
+        loaded = load_model(spec.name, spec.pretrained, device=config["device"], trust_pickle=config["trust_pickle"])
         encoder = CachedEncoder(
             loaded.model, loaded.preprocess, loaded.tokenizer, config["device"], config["batch_size"],
             progress=config["progress"], num_workers=config["num_workers"],
@@ -130,67 +134,47 @@ def _run(plan: Plan, config: dict[str, Any], skip_existing: bool) -> list[Path]:
     return done
 
 
-def _run_job(job: Job, loaded: Any, encoder: Any, config: dict[str, Any], tag: str) -> Path:
-    from clipprobe.probes.suite import run_probes
+def _holds_identity(job: Job) -> bool:
+    """The job's file exists and holds a readable record of exactly the job's identity."""
+    from clipprobe.evaluation.records import identity_key, iter_records
 
+    if not job.path.is_file():
+        return False
+    try:
+        return any(r.identity_key() == identity_key(job.identity) for r in iter_records(job.path))
+    except UserError:
+        return False
+
+
+def _run_job(job: Job, loaded: Any, encoder: Any, config: dict[str, Any], tag: str) -> Path:
+    from clipprobe.evaluation.records import identity_key, write_records
+    from clipprobe.evaluation.runner import ModelInfo, run_evaluation
+
+    about = ModelInfo(job.identity["model"], job.identity["weights"], loaded.step, loaded.samples_seen)
     options = dict(config["options"] or {})
-    start = time.perf_counter()
-    (result,) = run_probes(
-        encoder, [job.probe], job.target.probe_set, job.target.vocab, {job.probe: options.get(job.probe, {})},
-        seed=config["seed"], progress=config["progress"],
+    (record,) = run_evaluation(
+        encoder, [(job.target, job.probe)], options, about, seed=config["seed"], progress=config["progress"],
+        source="eval", counters=encoder.counters,
     )  # fmt: skip
-    seconds = time.perf_counter() - start
-    write_result(job, loaded, result, encoder.counters(), config, seconds)
-    _say(f"{tag} {job.path.name}: {_headline(result.metrics)} ({seconds:.1f} s)")
+    if record.identity_key() != identity_key(job.identity):  # a planning bug would file results under another name
+        raise RuntimeError(f"record identity {record.identity()} differs from the planned {job.identity}")
+    record.config = {**record.config, "eval": _jsonable_config(config)}
+    write_records(job.path, [record])
+    _say(f"{tag} {job.path.name}: {headline(record)} ({record.timing['seconds']:.1f} s)")
     return job.path
 
 
-def write_result(
-    job: Job, loaded: Any, result: Any, counters: dict[str, int], config: dict[str, Any], seconds: float
-) -> None:
-    """Write one result file atomically (schema: DESIGN.md "Results JSON")."""
-    from clipprobe import __version__
-    from clipprobe.fileio import atomic_write_json
+def _jsonable_config(config: dict[str, Any]) -> dict[str, Any]:
+    from clipprobe.evaluation.records import jsonable
 
-    record = {
-        "schema": SCHEMA_VERSION,
-        "clipprobe_version": __version__,
-        "model": loaded.name,
-        "pretrained": None if loaded.checkpoint else loaded.pretrained,
-        "checkpoint": str(Path(loaded.checkpoint).resolve()) if loaded.checkpoint else None,
-        "weights": job.weights,
-        "step": loaded.step,
-        "samples_seen": loaded.samples_seen,
-        "probe_set": job.target.describe(),
-        "target": job.target.label,
-        "vocab": job.target.vocab_label,
-        **result.to_json(),
-        "probe": job.probe,
-        "encoder": counters,
-        "seconds": round(seconds, 3),
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "eval_config": config,
-    }
-    atomic_write_json(job.path, _jsonable(record))
+    return jsonable({k: v for k, v in config.items() if k != "trust_pickle"})
 
 
-def _jsonable(obj: Any) -> Any:
-    """NaN -> None (strict JSON), tuples -> lists, paths -> strings."""
-    if isinstance(obj, float):
-        return None if obj != obj or obj in (float("inf"), float("-inf")) else obj
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def _headline(metrics: dict[str, float], limit: int = 4) -> str:
-    """A few metrics for the progress line: first-position or large-object shares first."""
-    keys = [k for k in metrics if re.search(r"(share_1|/large|closest_1|scenario\d|acc_)$", k)] or list(metrics)
-    shown = [f"{k}={metrics[k]:.3f}" for k in keys[:limit] if isinstance(metrics[k], float)]
+def headline(record: Any, limit: int = 4) -> str:
+    """A few metrics for the progress line: the robust first-position or large-object shares first."""
+    first = [m for m in record.metrics if m.family == "closest" and m.key in ("1", "large")]
+    first += [m for m in record.metrics if m.family == "accuracy" and m not in first]
+    shown = [f"{m.name}={m.value:.3f}" for m in (first or record.metrics)[:limit] if m.value == m.value]
     return ", ".join(shown) or "no metrics"
 
 

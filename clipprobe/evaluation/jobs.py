@@ -1,18 +1,23 @@
 """What ``clipprobe eval`` will run: the models, the targets (probe sets or a vocabulary), the probes,
-and one job per (model, weights, target, probe) with its result path, all checked before any model
-is built."""
+and one job per (model, weights, target, probe) with its identity and result path, all checked before
+any model is built.
+
+A job's result file is named ``<model>__<weights>__<target>__<probe>__<identity>.jsonl``: readable
+parts, then 12 hex digits of the record's identity (:meth:`clipprobe.evaluation.records.Record.identity`:
+architecture, weights with their content hash, probe set manifest, vocabulary, probe version and
+options), so two identities never share a file and ``--skip_existing`` reuses only an identical one."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clipprobe.errors import UserError
+from clipprobe.evaluation.runner import Target, asked_options, file_sha256, runs_on
 
-RESULT_TEMPLATE = "{model}__{weights}__{target}__{probe}.json"
+RESULT_TEMPLATE = "{model}__{weights}__{target}__{probe}__{identity}.jsonl"
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,18 @@ class ModelSpec:
 
         return bool(self.pretrained) and is_checkpoint_path(self.pretrained or "")
 
+    def weights(self, seed: int) -> dict[str, Any]:
+        """The weights as recorded: a tag, a file with its content hash, hf-hub, or a seeded random init."""
+        model = self.name or self.arch or ""
+        if self.is_file:
+            path = Path(self.pretrained or "").expanduser().resolve()
+            return {"kind": "file", "path": str(path), "sha256": file_sha256(path)}
+        if self.pretrained:
+            return {"kind": "tag", "tag": self.pretrained}
+        if model.startswith("hf-hub:"):
+            return {"kind": "hf-hub", "name": model}
+        return {"kind": "random", "seed": seed}
+
     def labels(self) -> tuple[str, str]:
         """(model, weights) parts of the result file name."""
         model = self.name or self.arch or "unknown"
@@ -39,30 +56,15 @@ class ModelSpec:
         return _safe(model), _safe(weights)
 
 
-@dataclass(frozen=True)
-class Target:
-    """What probes run against: a probe set (image probes; text probes use its vocabulary) or a vocabulary."""
-
-    label: str
-    probe_set: Any = None  # clipprobe.data.probeset.ProbeSet
-    vocab: list[str] | None = None
-    vocab_label: str | None = None
-
-    def describe(self) -> dict[str, Any] | None:
-        ps = self.probe_set
-        if ps is None:
-            return None
-        keys = ("kind", "name", "generator_version", "seed", "image_size", "size_ratio", "counts", "num_scenes")
-        return {"path": str(ps.root.resolve()), **{k: ps.manifest.get(k) for k in keys}, "name": ps.name}
-
-
 @dataclass
 class Job:
+    """One (model, target, probe) to evaluate: its identity and the file its record goes to."""
+
     spec: ModelSpec
     target: Target
     probe: str
     path: Path
-    weights: str = ""  # the weights part of the file name (tag, checkpoint stem or "random")
+    identity: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,6 +137,7 @@ def model_specs(
     models: list[str] | None,
     checkpoints: str | None,
     index: int | None = None,
+    trust_pickle: bool = False,
 ) -> list[ModelSpec]:
     """Every model to evaluate, in order: ``--model``/``--pretrained``, then ``--models``, then ``--checkpoints``;
     only the ``index``-th of them (from 0) when an index is given (``--model_index``, one array task).
@@ -155,7 +158,7 @@ def model_specs(
         elif (spec := _parse_model_line(entry)) is not None:
             specs.append(spec)
     if checkpoints:
-        specs.extend(ModelSpec(model, str(p)) for p in expand_checkpoints(checkpoints))
+        specs.extend(ModelSpec(model, str(p)) for p in expand_checkpoints(checkpoints, trust_pickle))
     if not specs:
         raise UserError(
             "no model given; pass --model NAME [--pretrained TAG|PATH], --models FILE or --checkpoints GLOB"
@@ -167,7 +170,7 @@ def model_specs(
             )
         specs = [specs[index]]
     # Check every source before any model is built; files need their architecture for the result names.
-    return [ModelSpec(s.name, s.pretrained, check_source(s.name, s.pretrained)) for s in specs]
+    return [ModelSpec(s.name, s.pretrained, check_source(s.name, s.pretrained, trust_pickle)) for s in specs]
 
 
 def resolve_probes(probes: list[str] | None, with_probe_sets: bool) -> dict[str, Any]:
@@ -236,23 +239,34 @@ def targets(probe_sets: list[Any], vocab: str | None, image_probes: bool, text_p
     return out
 
 
-def plan_jobs(specs: list[ModelSpec], tgts: list[Target], probes: dict[str, Any], out: Path) -> Plan:
-    """Every (model, target, probe) job with its result path; checkpoints of one stem get a path hash."""
+def plan_jobs(
+    specs: list[ModelSpec],
+    tgts: list[Target],
+    probes: dict[str, Any],
+    out: Path,
+    options: dict[str, dict[str, Any]],
+    seed: int,
+) -> Plan:
+    """Every (model, target, probe) job with its identity and result path."""
+    from clipprobe.evaluation.records import identity_key
+
     plan = Plan()
-    stems = [s.labels() for s in specs]
-    for spec, (model, weights) in zip(specs, stems, strict=True):
-        if stems.count((model, weights)) > 1 and spec.pretrained:
-            weights += "-" + hashlib.sha1(str(Path(spec.pretrained).resolve()).encode()).hexdigest()[:6]
+    has_vocab = any(t.probe_set is None for t in tgts)
+    asked = {name: asked_options(name, options.get(name), seed) for name in probes}
+    for spec in specs:
+        model, weights_label = spec.labels()
+        weights = spec.weights(seed)
         for tgt in tgts:
             for name, probe in probes.items():
-                if _runs_on(probe, tgt, has_vocab_target=any(t.probe_set is None for t in tgts)):
-                    fname = RESULT_TEMPLATE.format(model=model, weights=weights, target=tgt.label, probe=_safe(name))
-                    plan.jobs.append(Job(spec, tgt, name, out / fname, weights))
+                if not runs_on(probe.needs_probe_set, tgt, has_vocab):
+                    continue
+                ps = tgt.describe() or {}
+                identity = {
+                    "model": spec.arch or spec.name, "weights": weights,
+                    "probe_set": ps.get("manifest_sha256") or ps.get("path"), "target": tgt.label,
+                    "vocab": tgt.vocab_label, "probe": name, "probe_version": probe.version, "options": asked[name],
+                }  # fmt: skip
+                fname = RESULT_TEMPLATE.format(model=model, weights=weights_label, target=tgt.label,
+                                               probe=_safe(name), identity=identity_key(identity))  # fmt: skip
+                plan.jobs.append(Job(spec, tgt, name, out / fname, identity))
     return plan
-
-
-def _runs_on(probe: Any, tgt: Target, has_vocab_target: bool) -> bool:
-    """Image probes run on probe sets; text probes on the vocabulary target, or on each set when there is none."""
-    if probe.needs_probe_set:
-        return tgt.probe_set is not None
-    return tgt.probe_set is None or not has_vocab_target

@@ -1,28 +1,26 @@
-"""BiasProbeCallback: the probe suite on the live model while it trains (DESIGN.md, "train" path).
+"""BiasProbeCallback: the probe suite on the live model while it trains (docs/DESIGN.md, "train" path).
 
-At step 0, every ``every_n_steps`` optimizer steps and at the end, rank 0 runs the probes on the
-model being trained (eval mode, no grad; train mode and the random number generators restored
-afterwards, so training takes the same course with or without the callback), while the other
-ranks wait in a broadcast that then hands them rank 0's results. Every rank therefore holds the
-same values, and nothing is computed on one rank only and then reduced or monitored (the DDP hang
-traps of DESIGN.md). Rank 0 writes each evaluation to ``<run>/probes.jsonl`` and logs
-``probe/<set>/<probe>/<metric>``, ``probe/seconds`` and ``train/samples_seen`` to every logger,
-at the global step.
+At step 0, every ``every_n_steps`` optimizer steps and at the end, the probes run on the model being
+trained through the one evaluation function, :func:`clipprobe.evaluation.runner.run_evaluation` (eval
+mode, no grad; train mode and the random number generators restored afterwards, so training takes the
+same course with or without the callback). Under DDP every rank takes part: each encodes its share of
+the inputs and tallies its share of the queries, and the counts are summed over ranks, so every rank
+holds the same records for a share of the work (the cost falls with the number of GPUs), and nothing is
+computed on one rank only and then logged or monitored (the DDP hang traps of docs/DESIGN.md). Rank 0
+appends each evaluation's records (:class:`~clipprobe.evaluation.records.Record`) to
+``<run>/probes.jsonl`` and logs ``probe/<set>/<probe>/<metric>``, ``probe/seconds`` and
+``train/samples_seen`` to every logger, at the global step.
 
-Probe sets are loaded (or generated into the cache) once, on rank 0. Tokenized texts and
-preprocessed images are kept across evaluations; only the embeddings, which change with the
+Probe sets are generated into the cache once (rank 0 first, the others then find them). Tokenized texts
+and preprocessed images are kept across evaluations; only the embeddings, which change with the
 model, are recomputed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import re
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,66 +31,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from clipprobe.errors import UserError
-from clipprobe.fileio import atomic_write_text
-from clipprobe.evaluation.plot import read_records
-from clipprobe.probes.encode import CachedEncoder, _EmbeddingCache
+from clipprobe.evaluation.records import Record, append_records, read_records
+from clipprobe.evaluation.runner import ModelInfo, Target, pairs, run_evaluation
+from clipprobe.probes.encode import CachedEncoder
 
 log = logging.getLogger(__name__)
 KINDS = ("comco", "simco")
-
-
-class ReusingEncoder(CachedEncoder):
-    """A :class:`CachedEncoder` for a model that changes between evaluations.
-
-    :meth:`refresh` forgets the embeddings (the model has changed), while tokenized texts and
-    preprocessed images stay cached (the inputs have not), images up to ``pixel_cache_mb``.
-    Counters ``texts_tokenized`` and ``images_prepared`` count inputs tokenized or preprocessed.
-    """
-
-    def __init__(self, *args: Any, pixel_cache_mb: float = 2048, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pixel_budget = int(pixel_cache_mb * 2**20)
-        self._tokens: dict[str, torch.Tensor] = {}
-        self._pixels: dict[str, torch.Tensor] = {}
-        self._pixel_bytes = 0
-        self.texts_tokenized = self.images_prepared = 0
-
-    def refresh(self) -> None:
-        """Start a new evaluation: every embedding will be computed again."""
-        self._texts, self._images = _EmbeddingCache(), _EmbeddingCache()
-
-    def _text_batch(self, texts: list[str]) -> torch.Tensor:
-        new = [t for t in dict.fromkeys(texts) if t not in self._tokens]
-        if new:
-            self._tokens.update(zip(new, self.tokenizer(new), strict=True))  # [L] token ids each
-            self.texts_tokenized += len(new)
-        self.text_calls += 1
-        return self.model.encode_text(torch.stack([self._tokens[t] for t in texts]).to(self.device))
-
-    def _image_batches(self, paths: list[str]) -> Iterator[torch.Tensor]:
-        for lo in range(0, len(paths), self.batch_size):
-            yield torch.stack([self._pixels_of(p) for p in paths[lo : lo + self.batch_size]])  # [B, 3, H, W]
-
-    def _pixels_of(self, path: str) -> torch.Tensor:
-        from PIL import Image
-
-        pixels = self._pixels.get(path)
-        if pixels is None:
-            with Image.open(path) as im:
-                pixels = self.preprocess(im.convert("RGB"))
-            self.images_prepared += 1
-            size = pixels.numel() * pixels.element_size()
-            if self._pixel_bytes + size <= self.pixel_budget:
-                self._pixels[path] = pixels
-                self._pixel_bytes += size
-        return pixels
-
-
-@dataclass(frozen=True)
-class _Target:
-    label: str  # the <set> of the log keys
-    probe_set: Any  # ProbeSet or None (text probes on a vocabulary)
-    vocab: list[str] | None
 
 
 class BiasProbeCallback(L.Callback):
@@ -139,8 +83,8 @@ class BiasProbeCallback(L.Callback):
         self.done: set[int] = set()  # steps evaluated (and written) in this run, restored on resume
         self.history: list[dict[str, Any]] = []  # what this process logged, one entry per evaluation
         self._restored = False
-        self._targets: list[_Target] | None = None
-        self._encoder: ReusingEncoder | None = None
+        self._targets: list[Target] | None = None
+        self._encoder: CachedEncoder | None = None
 
     def _check_sources(self) -> None:
         from clipprobe.data.generate import RUN_OPTIONS, resolve_config
@@ -159,16 +103,25 @@ class BiasProbeCallback(L.Callback):
     # -- Lightning hooks ---------------------------------------------------------------------
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Rank 0 loads (or generates) the probe sets; every rank learns whether that worked."""
-        if stage != "fit" or trainer.fast_dev_run:
+        """Every rank loads the probe sets; rank 0 generates missing ones first. Every rank learns whether
+        that worked on every rank."""
+        if stage != "fit" or trainer.fast_dev_run or self._targets is not None:
             return
         error = None
-        if trainer.is_global_zero and self._targets is None:
-            try:
-                self._targets = self._load_targets()
-            except Exception as exc:  # reported on every rank below, so no rank waits forever
-                error = _describe(exc)
+        if trainer.is_global_zero:
+            error = self._try_load_targets()
         _raise_if(trainer.strategy.broadcast(error, src=0))
+        if not trainer.is_global_zero:
+            error = self._try_load_targets()  # generated by rank 0: found in a shared cache
+        errors = _all_gather(trainer, error)
+        _raise_if(next((e for e in errors if e is not None), None))
+
+    def _try_load_targets(self) -> tuple[bool, str] | None:
+        try:
+            self._targets = self._load_targets()
+        except Exception as exc:  # reported on every rank, so no rank waits forever
+            return _describe(exc)
+        return None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Learn which steps earlier runs evaluated, then evaluate the starting step if it is due."""
@@ -204,25 +157,25 @@ class BiasProbeCallback(L.Callback):
     # -- evaluation ----------------------------------------------------------------------------
 
     def _maybe_evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Evaluate the current step unless done; the same decision and result on every rank."""
+        """Evaluate the current step unless done; every rank takes part and holds the same records."""
         step = trainer.global_step
         if step in self.done:
             return
-        payload: dict[str, Any] = {"records": [], "error": None}
-        if trainer.is_global_zero:
-            try:
-                payload["records"] = self._run_suite(pl_module, step)
-            except Exception as exc:
-                payload["error"] = _describe(exc)
-        payload = trainer.strategy.broadcast(payload, src=0)  # the others wait here while rank 0 works
-        _raise_if(payload["error"])
-        records = payload["records"]
+        error: tuple[bool, str] | None = None
+        records: list[Record] = []
+        try:
+            records = self._run_suite(trainer, pl_module, step)
+        except Exception as exc:  # the same inputs on every rank: errors come on every rank alike
+            error = _describe(exc)
+        _raise_if(next((e for e in _all_gather(trainer, error) if e is not None), None))
+        timings = trainer.strategy.broadcast([r.timing for r in records], src=0)  # rank 0's clock everywhere
+        for record, timing in zip(records, timings, strict=True):
+            record.timing = timing
         self.done.add(step)
         metrics = log_values(records)
         self.history.append({"step": step, "metrics": metrics})
         if trainer.is_global_zero:
-            path = Path(trainer.default_root_dir) / self.filename
-            append_records(path, records)
+            append_records(Path(trainer.default_root_dir) / self.filename, records)
             rank_zero_info(f"probes at step {step} ({metrics['probe/seconds']:.1f} s): {headline(records)}")
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
@@ -230,34 +183,28 @@ class BiasProbeCallback(L.Callback):
                     logger.log_probe_records(records, step)
                 logger.save()
 
-    def _run_suite(self, pl_module: L.LightningModule, step: int) -> list[dict[str, Any]]:
+    def _run_suite(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> list[Record]:
         """Every (target, probe) on the live model; modes and random states are left as found."""
-        from clipprobe.probes.suite import PROBES, run_probes
-
-        encoder = self._live_encoder(pl_module)
+        encoder = self._live_encoder(trainer, pl_module)
         samples = getattr(pl_module, "samples_seen", None)
+        run_dir = str(Path(trainer.default_root_dir).resolve())
+        name = getattr(pl_module, "hparams", {}).get("model_name", "unknown")
+        about = ModelInfo(
+            name, {"kind": "run", "run": run_dir, "step": step}, step, None if samples is None else int(samples),
+            {"dir": run_dir},
+        )  # fmt: skip
         modes = [(m, m.training) for m in pl_module.modules()]
-        records = []
         with _kept_random_state(), torch.no_grad():
             pl_module.eval()
             try:
-                for target in self._targets or []:
-                    for name in self.probes:
-                        if PROBES[name].needs_probe_set and target.probe_set is None:
-                            continue
-                        start = time.perf_counter()
-                        (result,) = run_probes(encoder, [name], target.probe_set, target.vocab,
-                                               {name: self.options.get(name, {})}, self.seed, self.progress)  # fmt: skip
-                        records.append({"step": step, "samples_seen": None if samples is None else int(samples),
-                                        "set": target.label, "probe": name, "metrics": result.metrics,
-                                        "counts": result.counts, "intervals": result.intervals,
-                                        "seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
+                work = pairs(self._targets or [], self.probes)
+                return list(run_evaluation(encoder, work, self.options, about, seed=self.seed,
+                                           progress=self.progress, source="callback", counters=encoder.counters))  # fmt: skip
             finally:
                 for module, training in modes:
                     module.train(training)
-        return records
 
-    def _live_encoder(self, pl_module: L.LightningModule) -> ReusingEncoder:
+    def _live_encoder(self, trainer: L.Trainer, pl_module: L.LightningModule) -> CachedEncoder:
         model = getattr(pl_module, "model", pl_module)
         if self._encoder is None:
             import open_clip
@@ -267,20 +214,22 @@ class BiasProbeCallback(L.Callback):
             if name is None:
                 raise UserError("BiasProbeCallback needs a module with hparams.model_name (an open_clip architecture)")
             preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
-            self._encoder = ReusingEncoder(model, preprocess, open_clip.get_tokenizer(name), pl_module.device,
-                                           self.batch_size, progress=self.progress,
-                                           pixel_cache_mb=self.pixel_cache_mb)  # fmt: skip
+            self._encoder = CachedEncoder(
+                model, preprocess, open_clip.get_tokenizer(name), pl_module.device, self.batch_size,
+                progress=self.progress and trainer.is_global_zero, keep_inputs=True,
+                pixel_cache_mb=self.pixel_cache_mb, rank=trainer.global_rank, world_size=trainer.world_size,
+            )  # fmt: skip
         self._encoder.model, self._encoder.device = model, torch.device(pl_module.device)
         self._encoder.refresh()
         return self._encoder
 
-    def _load_targets(self) -> list[_Target]:
+    def _load_targets(self) -> list[Target]:
         from clipprobe.data.generate import ensure_probe_set
         from clipprobe.data.probeset import ProbeSet
         from clipprobe.data.vocab import load_vocab
 
         words = load_vocab(self.vocab) if self.vocab else None
-        targets: list[_Target] = []
+        targets: list[Target] = []
         for entry in self.probe_sets:
             if entry in KINDS and not Path(entry).exists():
                 ps, label = ProbeSet.load(ensure_probe_set(entry, self.cache_dir, **self.generate)), entry
@@ -289,10 +238,16 @@ class BiasProbeCallback(L.Callback):
                 label = ps.name
             while label in {t.label for t in targets}:
                 label += "_"
-            targets.append(_Target(label, ps, words))
+            targets.append(Target(label, ps, words, self._vocab_label()))
         if not targets:  # text probes only, on the vocabulary
-            targets.append(_Target(f"vocab-{Path(self.vocab).stem if self.vocab else 'coco'}", None, words))
+            label = self._vocab_label() or "coco"
+            targets.append(Target(f"vocab-{label}", None, words, label))
         return targets
+
+    def _vocab_label(self) -> str | None:
+        if not self.vocab:
+            return None
+        return self.vocab if self.vocab in ("coco", "comco", "simco") else Path(self.vocab).stem
 
     def _resume_steps(self, trainer: L.Trainer) -> list[int]:
         """Steps already evaluated: from the checkpoint and ``probes.jsonl`` when resuming; a fresh run
@@ -301,7 +256,7 @@ class BiasProbeCallback(L.Callback):
         if not path.is_file():
             return sorted(self.done)
         if self._restored or trainer.global_step > 0:
-            return sorted(self.done | {r["step"] for r in read_records(path)})
+            return sorted(self.done | {r.step for r in read_records(path) if r.step is not None})
         old = path.with_name(f"{path.stem}.{datetime.now():%Y%m%d-%H%M%S}{path.suffix}.old")
         path.rename(old)
         log.warning("a new run starts in %s: moved the previous %s to %s", path.parent, path.name, old.name)
@@ -312,49 +267,25 @@ class BiasProbeCallback(L.Callback):
 # Records and logged values.
 
 
-def log_values(records: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """``probe/<set>/<probe>/<metric>`` for every numeric metric, ``probe/seconds`` and ``train/samples_seen``."""
-    values = {f"probe/{r['set']}/{r['probe']}/{k}": float(v) for r in records for k, v in r["metrics"].items()
-              if isinstance(v, (int, float))}  # fmt: skip
-    values["probe/seconds"] = float(sum(r["seconds"] for r in records))
-    if records and records[0]["samples_seen"] is not None:
-        values["train/samples_seen"] = float(records[0]["samples_seen"])
+def log_values(records: Sequence[Record]) -> dict[str, float]:
+    """``probe/<set>/<probe>/<metric>`` for every defined metric, ``probe/seconds`` and ``train/samples_seen``."""
+    values = {f"probe/{r.target}/{r.probe}/{m.name}": float(m.value) for r in records for m in r.metrics
+              if m.value == m.value}  # fmt: skip
+    values["probe/seconds"] = float(sum(r.timing.get("seconds", 0.0) for r in records))
+    if records and records[0].samples_seen is not None:
+        values["train/samples_seen"] = float(records[0].samples_seen)
     return values
 
 
-def headline(records: Sequence[dict[str, Any]]) -> str:
-    """A short summary for the console: each (set, probe)'s first-position or large-object share, per n."""
+def headline(records: Sequence[Record]) -> str:
+    """A short summary for the console: each (set, probe)'s robust first-position (or large-object) share per n."""
     parts = []
     for r in records:
-        keys = [k for k in r["metrics"] if re.fullmatch(r"n\d+/closest_(1|large|scenario1)", k)]
-        shown = " ".join(f"{k.split('/')[0]}={r['metrics'][k]:.2f}" for k in keys if _finite(r["metrics"][k]))
-        parts.append(f"{r['set']}/{r['probe']} {keys[0].split('/')[1] if keys else ''} {shown}".strip())
+        first = [m for m in r.metrics if m.family == "closest" and m.key in ("1", "large") and m.variant is None]
+        shown = " ".join(f"n{m.n}={m.value:.2f}" for m in first if m.value == m.value)
+        label = f"closest_{first[0].key}" if first else ""
+        parts.append(f"{r.target}/{r.probe} {label} {shown}".strip())
     return "; ".join(parts)
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
-
-
-def _strict(obj: Any) -> Any:
-    """JSON-safe: NaN and infinities -> null, tuples -> lists."""
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {str(k): _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    return obj
-
-
-def append_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Add one evaluation's records to ``path`` by rewriting it under a temporary name and renaming:
-    a kill at any moment leaves either the old file or the new one, never a cut line."""
-    old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if old and not old.endswith("\n"):
-        old = old[: old.rfind("\n") + 1]
-    new = "".join(json.dumps(_strict(r), sort_keys=True) + "\n" for r in records)
-    atomic_write_text(path, old + new)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,10 +297,19 @@ def _describe(exc: Exception) -> tuple[bool, str]:
 
 
 def _raise_if(error: tuple[bool, str] | None) -> None:
-    """Raise rank 0's error on every rank (a UserError stays one, for the CLI's one-line message)."""
+    """Raise a rank's error on every rank (a UserError stays one, for the CLI's one-line message)."""
     if error is not None:
         is_user, message = error
-        raise UserError(message) if is_user else RuntimeError(f"bias probes failed on rank 0: {message}")
+        raise UserError(message) if is_user else RuntimeError(f"bias probes failed: {message}")
+
+
+def _all_gather(trainer: L.Trainer, obj: Any) -> list[Any]:
+    """``obj`` of every rank (one process: ``[obj]``)."""
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 class _kept_random_state:

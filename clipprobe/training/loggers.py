@@ -27,7 +27,6 @@ from clipprobe.errors import UserError
 
 MODES = ("online", "offline", "disabled", "shared")
 MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # older spellings of WANDB_MODE
-HEADLINE_FAMILIES = ("share_{k}", "{k}")  # tor's share among hits; ior/i2tor's role share among hits
 
 
 def slurm_run_id(env: Mapping[str, str] | None = None) -> str | None:
@@ -100,32 +99,30 @@ class WandbLogger(_WandbLogger):
             self._experiment = None
 
     @rank_zero_only
-    def log_probe_records(self, records: Sequence[Mapping[str, Any]], step: int) -> None:
-        """One table of every per-position share and one bar chart of the headline shares per (set, probe).
+    def log_probe_records(self, records: Sequence[Any], step: int) -> None:
+        """Per (set, probe): a table of every metric entry, and a bar chart of the robust per-position
+        shares (``closest``: every query counts, so no bar stands on a handful of hits).
 
         Args:
-            records: rows of ``probes.jsonl`` from one evaluation.
+            records: one evaluation's :class:`~clipprobe.evaluation.records.Record` objects.
             step: the global step.
         """
         import wandb
 
-        from clipprobe.evaluation.plot import share_rows
-
+        columns = ["variant", "n", "family", "key", "name", "value", "lo", "hi", "count"]
         logged: dict[str, Any] = {}
         for rec in records:
-            rows = share_rows(rec)
-            if not rows:
+            if not rec.metrics:
                 continue
-            columns = list(rows[0])
-            key = f"{rec['set']}/{rec['probe']}"
-            logged[f"probe_shares/{key}"] = wandb.Table(columns=columns, data=[list(r.values()) for r in rows])
-            head = [r for r in rows if r["family"] in HEADLINE_FAMILIES and not r["variant"]]
+            key = f"{rec.target}/{rec.probe}"
+            rows = [[m.variant, m.n, m.family, m.key, m.name, m.value, *m.interval, m.count] for m in rec.metrics]
+            logged[f"probe_shares/{key}"] = wandb.Table(columns=columns, data=rows)
+            head = [m for m in rec.metrics if m.family == "closest" and m.variant is None and m.key is not None]
             if head:
-                table = wandb.Table(columns=["label", "share"], data=[[f"n{r['n']} {r['position']}", r["share"]]
-                                                                     for r in head])  # fmt: skip
+                table = wandb.Table(columns=["label", "share"], data=[[f"n{m.n} {m.key}", m.value] for m in head])
                 logged[f"probe_bars/{key}"] = wandb.plot.bar(table, "label", "share", title=f"{key} at step {step}")
         if logged:
-            samples = records[0].get("samples_seen")
+            samples = records[0].samples_seen
             extra = {"train/samples_seen": float(samples)} if samples is not None else {}
             self.experiment.log({**logged, **extra, "trainer/global_step": step})
 

@@ -1,0 +1,172 @@
+"""The one evaluation function: probes over targets on one model, as :class:`Record` objects.
+
+``clipprobe eval`` (released models, files, checkpoint series), the training callback (the live
+model) and the experiments all call :func:`run_evaluation`; they differ only in how they build the
+encoder and describe the weights (:class:`ModelInfo`). Each unique text and image is encoded once
+per evaluation by the :class:`~clipprobe.probes.encode.CachedEncoder`. Under DDP the encoder splits
+encoding across ranks and the probes split their tallies (:mod:`clipprobe.probes.tallies`, summed
+across ranks), so every rank returns the same records for a share of the work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clipprobe.data.probeset import MANIFEST, ProbeSet
+from clipprobe.evaluation.records import Record
+from clipprobe.probes.base import Encoder, ProbeContext, ProbeResult
+
+
+@dataclass(frozen=True)
+class Target:
+    """What probes run against: a probe set (image probes; text probes use its vocabulary unless a
+    vocabulary is given) or a vocabulary alone (text probes).
+
+    Attributes:
+        label: the name in result files, log keys and reports (``comco``, ``vocab-coco``).
+        probe_set: the loaded probe set, or None.
+        vocab: the text vocabulary (None = the probe set's own, else the study's COCO names).
+        vocab_label: a short name of that vocabulary (``coco``, a file's stem).
+    """
+
+    label: str
+    probe_set: ProbeSet | None = None
+    vocab: list[str] | None = None
+    vocab_label: str | None = None
+
+    def describe(self) -> dict[str, Any] | None:
+        """The probe set as recorded: path, manifest hash and the generation settings that matter."""
+        ps = self.probe_set
+        if ps is None:
+            return None
+        keys = ("kind", "generator_version", "seed", "image_size", "size_ratio", "counts", "num_scenes")
+        return {
+            "name": ps.name,
+            "path": str(ps.root.resolve()),
+            "manifest_sha256": probe_set_fingerprint(ps),
+            **{k: ps.manifest.get(k) for k in keys},
+        }
+
+
+def probe_set_fingerprint(ps: ProbeSet) -> str:
+    """SHA-256 of the probe set's ``manifest.json`` and ``metadata.jsonl`` (clipprobe's layout), or of
+    its image files' relative paths and sizes (the study's published layout, which has no manifest)."""
+    digest = hashlib.sha256()
+    own = [ps.root / MANIFEST, ps.root / "metadata.jsonl"]
+    if own[0].is_file():
+        for path in own:
+            if path.is_file():
+                digest.update(path.read_bytes())
+    else:
+        for path in sorted(ps.root.rglob("*.png")):
+            digest.update(f"{path.relative_to(ps.root)}:{path.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, remembered per (path, size, mtime) within the process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Who the evaluated model is: architecture, weights, training progress and run (see :class:`Record`)."""
+
+    model: str
+    weights: dict[str, Any]
+    step: int | None = None
+    samples_seen: int | None = None
+    run: dict[str, Any] | None = None
+
+
+def runs_on(needs_probe_set: bool, target: Target, has_vocab_target: bool) -> bool:
+    """Image probes run on probe sets; text probes on the vocabulary target, or on each set when there is none."""
+    if needs_probe_set:
+        return target.probe_set is not None
+    return target.probe_set is None or not has_vocab_target
+
+
+def pairs(targets: Sequence[Target], probes: Sequence[str]) -> list[tuple[Target, str]]:
+    """Every (target, probe) that runs, targets first, probes in the order given."""
+    from clipprobe.probes.suite import PROBES
+
+    has_vocab = any(t.probe_set is None for t in targets)
+    return [(t, p) for t in targets for p in probes if runs_on(PROBES[p].needs_probe_set, t, has_vocab)]
+
+
+def asked_options(probe: str, options: Mapping[str, Any] | None, seed: int) -> dict[str, Any]:
+    """A probe's options as asked, with defaults filled in and the run's seed: the identity's options.
+
+    Raises:
+        UserError: an unknown or ill-typed option.
+    """
+    from clipprobe.probes.common import OPTIONS, parse_options
+
+    parsed = parse_options(OPTIONS[probe], options or {}, probe)
+    return {**dataclasses.asdict(parsed), "run_seed": seed}
+
+
+def run_evaluation(
+    encoder: Encoder,
+    work: Sequence[tuple[Target, str]],
+    options: Mapping[str, Mapping[str, Any]] | None,
+    about: ModelInfo,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    source: str = "eval",
+    counters: Callable[[], dict[str, int]] | None = None,
+) -> Iterator[Record]:
+    """Run each (target, probe) of ``work`` on one encoder; yield one :class:`Record` per pair as it finishes.
+
+    Args:
+        encoder: a :class:`~clipprobe.probes.encode.CachedEncoder` (or any object with the Encoder protocol).
+        work: (target, probe name) pairs, e.g. from :func:`pairs`.
+        options: per-probe options, ``{"tor": {"mode": "paper"}}``.
+        about: the model's identity and training progress.
+        seed: the probes' default seed.
+        progress: progress bars.
+        source: ``eval``, ``callback`` or ``experiment``.
+        counters: the encoder's counters, recorded in each record's timing.
+
+    Raises:
+        UserError: an unknown probe or option, or an image probe without a probe set.
+    """
+    from clipprobe.probes.suite import PROBES, validate_probes
+
+    if not work:
+        return
+    options = {k: dict(v or {}) for k, v in (options or {}).items()}
+    validate_probes(list(dict.fromkeys(p for _, p in work)), options)
+    for target, name in work:
+        asked = asked_options(name, options.get(name), seed)
+        start = time.perf_counter()
+        ctx = ProbeContext(encoder, target.probe_set, target.vocab, dict(options.get(name, {})), seed, progress)
+        result: ProbeResult = PROBES[name].fn(ctx)
+        seconds = time.perf_counter() - start
+        yield Record(
+            model=about.model, weights=about.weights, probe=name, probe_version=PROBES[name].version,
+            options=asked, target=target.label, metrics=list(result.entries), probe_set=target.describe(),
+            vocab=target.vocab_label, step=about.step, samples_seen=about.samples_seen, run=about.run,
+            config=result.config, notes=list(result.notes),
+            timing={"seconds": round(seconds, 3), **({"encoder": counters()} if counters else {})}, source=source,
+        )  # fmt: skip
