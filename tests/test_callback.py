@@ -66,8 +66,8 @@ def test_kept_inputs_survive_refresh_and_embeddings_are_recomputed(cache: str) -
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    from clipprobe.training.module import create_model
     from clipprobe.probes.encode import CachedEncoder
+    from clipprobe.training.module import create_model
 
     ps = ProbeSet.load(ensure_probe_set("comco", cache, **SMALL))
     model = create_model("clipprobe-tiny")
@@ -109,7 +109,11 @@ def test_records_are_whole_lines(tmp_path: Path) -> None:
     assert len(lines) == 3 and json.loads(lines[0])["metrics"][0]["value"] is None
     assert [r.step for r in read_records(path)] == [0, 4]  # the cut line is skipped, the next one whole
     assert path.read_bytes()[:size] == lines[0].encode() + b"\n"  # appended, never rewritten
-    shown = [_m("n2/closest_1", 0.6), _m("n3/closest_1", float("nan"), n=3), _m("equal/n2/closest_1", 0.1, variant="equal")]
+    shown = [
+        _m("n2/closest_1", 0.6),
+        _m("n3/closest_1", float("nan"), n=3),
+        _m("equal/n2/closest_1", 0.1, variant="equal"),
+    ]
     assert headline([_record(0, shown)]) == "s/tor closest_1 n2=0.60"
     assert log_values([_record(2, [_m("n2/share_1", 0.25, "share"), _m("n2/x", float("nan"))])]) == {
         "probe/s/tor/n2/share_1": 0.25, "probe/seconds": 0.5, "train/samples_seen": 16.0}  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -12,7 +11,8 @@ import torch
 
 from clipprobe.cli import main
 from clipprobe.data.corpus import CorpusConfig, generate_corpus
-from clipprobe.experiments.emergence import Condition, parse_condition, retrieval
+from clipprobe.evaluation.records import read_records
+from clipprobe.experiments.emergence import Condition, parse_condition
 
 RECIPE = str(Path(__file__).parents[1] / "configs" / "fit" / "tiny-synthetic.yaml")
 FIT_ARGS = [
@@ -57,39 +57,61 @@ def test_bad_condition_is_a_user_error(tmp_path: Path, bad: str, capsys: pytest.
     assert not (tmp_path / "o").exists()
 
 
-class _Perfect(torch.nn.Module):
-    """Image i and caption i share a one-hot embedding: retrieval must be perfect, except duplicates."""
+class _CaptionEncoder:
+    """Planted: an image's embedding is its own caption's one-hot, so retrieval is perfect except where a
+    batch holds the same caption twice; ``shift`` pairs each image with the next sample's caption instead."""
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.one_hot(pixels[:, 0, 0, 0].long(), 8).float()
+    model = preprocess = tokenizer = None
+    device = "cpu"
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.one_hot(tokens[:, 0].long(), 8).float()
+    def __init__(self, paths: list[str], captions: list[str], shift: int = 0) -> None:
+        self.vocab = sorted(set(captions))
+        self.caption_of = {p: captions[(i + shift) % len(captions)] for i, p in enumerate(paths)}
+
+    def _hot(self, caps: list[str]) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.tensor([self.vocab.index(c) for c in caps]), len(self.vocab)).float()
+
+    def encode_texts(self, texts):  # noqa: ANN001, ANN201
+        return self._hot(list(texts))
+
+    def encode_images(self, paths):  # noqa: ANN001, ANN201
+        return self._hot([self.caption_of[str(p)] for p in paths])
 
 
-def test_retrieval_counts_whole_batches_and_duplicate_captions() -> None:
-    from PIL import Image
+def test_retrieval_probe_counts_whole_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipprobe.errors import UserError
+    from clipprobe.probes.base import ProbeContext
+    from clipprobe.probes.retrieval import heldout_files, retrieval
 
-    def png(value: int) -> bytes:
-        buf = io.BytesIO()
-        Image.new("RGB", (2, 2), (value, 0, 0)).save(buf, format="PNG")
-        return buf.getvalue()
+    monkeypatch.setenv("CLIPPROBE_CACHE", str(tmp_path / "cache" / "probesets"))
+    corpus = tmp_path / "heldout"
+    generate_corpus(CorpusConfig(50, (1, 2), "random", 1.0, 0.0, 32, 25, 1, 90), corpus, workers=1, progress=False)
+    paths, captions = heldout_files(str(corpus))
+    assert len(paths) == 50 and all(Path(p).is_file() for p in paths)
+    assert heldout_files(str(corpus)) == (paths, captions)  # read once, then from the cache
 
-    images = [png(i % 4) for i in range(10)]  # batches of 4: two whole ones, 2 samples left out
-    texts = [str(i % 4) for i in range(10)]
-    pre = lambda im: torch.tensor(im.getpixel((0, 0)), dtype=torch.float).view(3, 1, 1).expand(3, 2, 2)  # noqa: E731
-    tok = lambda caps: torch.tensor([[int(c)] for c in caps])  # noqa: E731
-    out = retrieval(_Perfect(), pre, tok, images, texts, batch=4)
-    assert out["counts"]["recall@1"] == 8 and out["metrics"]["recall@1"] == 1.0
-    assert out["chance"] == {"recall@1": 0.25, "recall@5": 1.0}
-    wrong = retrieval(_Perfect(), pre, tok, images, texts[1:] + texts[:1], batch=4)
-    assert wrong["metrics"]["recall@1"] == 0.0 and wrong["metrics"]["recall@5"] == 1.0
+    def run(shift: int, batch: int) -> dict:
+        ctx = ProbeContext(_CaptionEncoder(paths, captions, shift), options={"shards": str(corpus), "batch": batch})
+        result = retrieval(ctx)
+        return {m.name: m for m in result.entries}
+
+    ok = run(0, 20)  # two whole batches of 20; 10 samples left out
+    assert ok["recall@1"].count == 40 and ok["recall@1"].value == 1.0 and ok["recall@1"].chance == 0.05
+    assert (ok["recall@5"].family, ok["recall@5"].key, ok["recall@5"].chance) == ("recall", "5", 0.25)
+    off = run(1, 20)  # each image's nearest caption is its neighbour's
+    same = sum(captions[i] == captions[i + 1] for i in range(40) if i % 20 != 19)  # duplicates still count
+    assert off["recall@1"].value * 40 == pytest.approx(same, abs=2)
+    with pytest.raises(UserError, match="fewer than one batch"):
+        run(0, 60)
+    with pytest.raises(UserError, match="needs a held-out corpus"):
+        retrieval(ProbeContext(_CaptionEncoder(paths, captions), options={}))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_emergence_end_to_end(tmp_path: Path) -> None:
-    """Two conditions, 8 steps each, probed at steps 0, 4 and 8; a rerun reuses the runs and gives the same bytes."""
+    """Two conditions, 8 steps each, probed by the callback at steps 0, 4 and 8 into records; a rerun reuses
+    the runs and gives the same plot bytes."""
     out, work = tmp_path / "out", tmp_path / "work"
     argv = ["experiment", "emergence", "--out", str(out), "--work", str(work), "--conditions", "size_first:1.0,random",
             "--recipe", RECIPE, "--fit-args=" + json.dumps(FIT_ARGS), "--num-samples", "96", "--heldout-samples",
@@ -97,36 +119,39 @@ def test_emergence_end_to_end(tmp_path: Path) -> None:
             "--probe-scenes", "6", "--retrieval-batch", "20", "--plot-n", "2", "--threads", "1", "--progress",
             "false"]  # fmt: skip
     main(argv)
-    assert sorted(p.name for p in out.iterdir()) == ["emergence.png", "results.json", "results.md", "timing.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["emergence.png", "records.jsonl", "results.md", "timing.json"]
     assert (out / "emergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    data = json.loads((out / "results.json").read_text())
-    assert data["settings"]["conditions"] == [{"order": "size_first", "p_order": 1.0},
-                                              {"order": "random", "p_order": 1.0}]  # fmt: skip
+    records = read_records(out / "records.jsonl")
+    assert {r.source for r in records} == {"experiment"}
     for name in ("size_first_p1", "random"):
-        rows = data["results"][name]
-        assert [(r["step"], r["samples_seen"]) for r in rows] == [(0, 0), (4, 48), (8, 96)]
-        last = rows[-1]
-        assert last["tor"]["counts"]["n2/closest_1"] == 30 and last["tor"]["counts"]["n3/closest_1"] == 30
-        assert last["ior"]["counts"]["n2/closest_large"] == 12  # 6 scenes x 2 large slots
-        assert last["retrieval"]["counts"]["recall@1"] == 40
-        for row in rows:
-            for part, key in (("tor", "n2/closest_1"), ("ior", "n3/closest_large"), ("retrieval", "recall@1")):
-                lo, hi = row[part]["intervals"][key]
-                assert 0.0 <= lo <= row[part]["metrics"][key] <= hi <= 1.0
+        mine = [r for r in records if r.run["condition"] == name]
+        assert all(r.run["seed"] == 0 and r.run["dir"].endswith(f"runs/{name}") for r in mine)
+        assert [(r.step, r.samples_seen, r.probe) for r in mine] == [
+            (step, 12 * step, p) for step in (0, 4, 8) for p in ("tor", "ior", "retrieval")]  # fmt: skip
+        last = {r.probe: r for r in mine if r.step == 8}
+        assert last["tor"].metric("n2/closest_1").count == 30 and last["tor"].metric("n3/closest_1").count == 30
+        assert last["ior"].metric("n2/closest_large").count == 12  # 6 scenes x 2 large slots
+        assert last["retrieval"].metric("recall@1").count == 40
+        for r in mine:
+            for m in r.metrics:
+                lo, hi = m.interval
+                assert m.value != m.value or lo - 1e-9 <= m.value <= hi + 1e-9, m.name
+    step0 = {(r.run["condition"], r.probe): [m.to_json() for m in r.metrics] for r in records if r.step == 0}
     # Same initialisation for every condition: identical step-0 probes.
-    assert data["results"]["size_first_p1"][0]["tor"] == data["results"]["random"][0]["tor"]
+    assert step0[("size_first_p1", "tor")] == step0[("random", "tor")]
     # Training differs only through the captions; the trained weights must differ.
-    assert data["results"]["size_first_p1"][-1]["tor"] != data["results"]["random"][-1]["tor"]
+    last = {(r.run["condition"], r.probe): [m.to_json() for m in r.metrics] for r in records if r.step == 8}
+    assert last[("size_first_p1", "tor")] != last[("random", "tor")]
     table = (out / "results.md").read_text()
     assert "| size_first_p1 | 96 |" in table and "| random | 96 |" in table
 
-    before = (out / "results.json").read_bytes()
+    before = (out / "emergence.png").read_bytes()
     mtime = (work / "runs" / "random" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     with pytest.raises(SystemExit):  # a non-empty --out is kept
         main(argv)
     main([*argv, "--overwrite"])
-    assert (out / "results.json").read_bytes() == before
+    assert (out / "emergence.png").read_bytes() == before  # same records, same bytes
     assert (work / "runs" / "random" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == mtime  # not retrained
     with pytest.raises(SystemExit) as exc:  # a work folder trained with other settings is not reused
         main([*argv, "--overwrite", "--steps", "12"])
-    assert exc.value.code == 2 and (out / "results.json").read_bytes() == before
+    assert exc.value.code == 2 and (out / "emergence.png").read_bytes() == before

@@ -77,7 +77,9 @@ def test_eval_writes_one_record_per_job_then_report(probe_set, tmp_path, capsys)
         assert rec["probe_set"]["kind"] == "comco" and rec["probe_set"]["image_size"] == 64
         assert len(rec["probe_set"]["manifest_sha256"]) == 64
         assert rec["clipprobe_version"] and rec["timestamp"] and rec["config"]["eval"]["device"] == "cpu"
-        assert rec["metrics"] and all({"family", "n", "key", "value", "count", "interval"} <= set(m) for m in rec["metrics"])
+        assert rec["metrics"] and all(
+            {"family", "n", "key", "value", "count", "interval"} <= set(m) for m in rec["metrics"]
+        )
         for m in rec["metrics"]:
             lo, hi = m["interval"]
             assert m["value"] is None or lo - 1e-9 <= m["value"] <= hi + 1e-9, m["name"]
@@ -141,7 +143,11 @@ def test_checkpoint_series_and_models_file(series, tmp_path):
     recs = list(records(out).values())
     assert sorted((r["step"], r["samples_seen"]) for r in recs) == [(10, 1280), (30, 3840), (200, 25600)]
     assert all(r["target"] == "vocab-simco" and r["vocab"] == "simco" for r in recs)
-    assert {Path(r["weights"]["path"]).name for r in recs} == {"export_step10.pt", "export_step30.pt", "export_step200.pt"}
+    assert {Path(r["weights"]["path"]).name for r in recs} == {
+        "export_step10.pt",
+        "export_step30.pt",
+        "export_step200.pt",
+    }
     assert all(r["weights"]["kind"] == "file" and len(r["weights"]["sha256"]) == 64 for r in recs)
     assert all(r["weights"]["path"].startswith(str(series)) for r in recs)
     assert len({json.dumps(r["metrics"], sort_keys=True) for r in recs}) == 3  # different weights, different results

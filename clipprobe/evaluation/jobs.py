@@ -186,7 +186,7 @@ def resolve_probes(probes: list[str] | None, with_probe_sets: bool) -> dict[str,
     if probes:
         names = list(dict.fromkeys(probes))
     else:
-        names = sorted(n for n, p in PROBES.items() if with_probe_sets or not p.needs_probe_set)
+        names = sorted(n for n, p in PROBES.items() if p.by_default and (with_probe_sets or not p.needs_probe_set))
     unknown = [n for n in names if n not in PROBES]
     if unknown:
         raise UserError(f"unknown probe '{unknown[0]}'; choose from {', '.join(sorted(PROBES))}")

@@ -174,16 +174,19 @@ class ProbeSpec:
     needs_probe_set: bool
     summary: str
     version: int = 1
+    by_default: bool = True  # run when no probes are named (False: it needs options, e.g. a corpus)
 
 
 PROBES: dict[str, ProbeSpec] = {}
 
 
-def register(name: str, *, needs_probe_set: bool, summary: str, version: int = 1) -> Callable[[ProbeFn], ProbeFn]:
+def register(
+    name: str, *, needs_probe_set: bool, summary: str, version: int = 1, by_default: bool = True
+) -> Callable[[ProbeFn], ProbeFn]:
     """Decorator: add a probe to :data:`PROBES` under ``name``."""
 
     def wrap(fn: ProbeFn) -> ProbeFn:
-        PROBES[name] = ProbeSpec(fn, needs_probe_set, summary, version)
+        PROBES[name] = ProbeSpec(fn, needs_probe_set, summary, version, by_default)
         return fn
 
     return wrap

@@ -13,12 +13,12 @@ from typing import Any
 
 from clipprobe.data.probeset import ProbeSet
 from clipprobe.errors import UserError
-from clipprobe.probes import image, matching, text  # noqa: F401  (registers the probes)
+from clipprobe.probes import image, matching, retrieval, text  # noqa: F401  (registers the probes)
 from clipprobe.probes.base import PROBES, Encoder, ProbeContext, ProbeResult
 from clipprobe.probes.common import OPTIONS, parse_options
 
 # Registry order = listing order: text probes, then image probes, then matching.
-_ORDER = ("tor", "toc", "mitigation", "size_claim", "ior", "i2tor", "ioc", "attention", "itm")
+_ORDER = ("tor", "toc", "mitigation", "size_claim", "ior", "i2tor", "ioc", "attention", "itm", "retrieval")
 for _name in sorted(PROBES, key=lambda n: _ORDER.index(n) if n in _ORDER else len(_ORDER)):
     PROBES[_name] = PROBES.pop(_name)
 

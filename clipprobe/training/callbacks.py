@@ -60,13 +60,16 @@ class BiasProbeCallback(L.Callback):
         pixel_cache_mb: Memory for preprocessed probe images kept across evaluations (rank 0).
         filename: Evaluation records, in the run folder.
         progress: Progress bars while encoding.
+        run_info: Added to each record's ``run`` beside the run folder (an experiment's condition and seed).
+        source: The records' source: ``callback``, or ``experiment`` when an experiment trains the run.
     """
 
     def __init__(self, probes: list[str] | None = None, probe_sets: list[str] | None = None,
                  every_n_steps: int = 1000, generate: dict[str, Any] | None = None,
                  options: dict[str, dict[str, Any]] | None = None, vocab: str | None = None, at_start: bool = True,
                  at_end: bool = True, batch_size: int = 256, seed: int = 0, cache_dir: str | None = None,
-                 pixel_cache_mb: float = 2048, filename: str = "probes.jsonl", progress: bool = False) -> None:  # fmt: skip
+                 pixel_cache_mb: float = 2048, filename: str = "probes.jsonl", progress: bool = False,
+                 run_info: dict[str, Any] | None = None, source: str = "callback") -> None:  # fmt: skip
         from clipprobe.probes.suite import validate_probes
 
         self.probes = list(probes if probes is not None else ["tor", "ior"])
@@ -77,6 +80,7 @@ class BiasProbeCallback(L.Callback):
         self.generate, self.options = dict(generate or {}), {k: dict(v or {}) for k, v in (options or {}).items()}
         self.vocab, self.batch_size, self.seed, self.cache_dir = vocab, batch_size, seed, cache_dir
         self.pixel_cache_mb, self.filename, self.progress = pixel_cache_mb, filename, progress
+        self.run_info, self.source = dict(run_info or {}), source
         # Checked on every rank alike, before any collective: a bad config fails everywhere at once.
         validate_probes(self.probes, self.options, has_probe_set=bool(self.probe_sets))
         self._check_sources()
@@ -191,7 +195,7 @@ class BiasProbeCallback(L.Callback):
         name = getattr(pl_module, "hparams", {}).get("model_name", "unknown")
         about = ModelInfo(
             name, {"kind": "run", "run": run_dir, "step": step}, step, None if samples is None else int(samples),
-            {"dir": run_dir},
+            {"dir": run_dir, **self.run_info},
         )  # fmt: skip
         modes = [(m, m.training) for m in pl_module.modules()]
         with _kept_random_state(), torch.no_grad():
@@ -199,7 +203,7 @@ class BiasProbeCallback(L.Callback):
             try:
                 work = pairs(self._targets or [], self.probes)
                 return list(run_evaluation(encoder, work, self.options, about, seed=self.seed,
-                                           progress=self.progress, source="callback", counters=encoder.counters))  # fmt: skip
+                                           progress=self.progress, source=self.source, counters=encoder.counters))  # fmt: skip
             finally:
                 for module, training in modes:
                     module.train(training)
