@@ -48,8 +48,8 @@ COMMANDS: CommandTree = {
     },
     "models": Command("clipprobe.models.load:models", "List model architectures and pretrained tags."),
     "eval": Command("clipprobe.evaluation.evaluate:evaluate", "Run probes on models or checkpoints; one results JSON per job."),
-    "report": Command("clipprobe.evaluation.report:report", "Aggregate results JSON files into a CSV, markdown tables and plots."),
-    "plot": Command("clipprobe.evaluation.plot:plot", "PNG bias curves and loss of a training run (probes.jsonl, metrics.csv)."),
+    "report": Command("clipprobe.evaluation.report:report", "Aggregate result records into a CSV, markdown tables and plots."),
+    "plot": Command("clipprobe.evaluation.runplots:plot", "PNG probe curves and loss of a training run (probes.jsonl, metrics.csv)."),
     "experiment": {
         "emergence": Command(
             "clipprobe.experiments.emergence:emergence", "Train one tiny CLIP per caption order; compare bias curves."

@@ -1,131 +1,215 @@
-"""clipprobe report: metric keys, CSV rows, markdown tables with the study's references, PNG plots."""
+"""clipprobe report: records in, CSV rows per entry, markdown grouped by the entries' fields, study rows, plots."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+from pathlib import Path
 
 import pytest
+from PIL import Image
+from report_records import position_entries, record, run_record, single, tag
 
 from clipprobe.cli import main
-from clipprobe.evaluation.report import MetricKey, collect, fmt_value, to_markdown
+from clipprobe.evaluation.figures import bar_figures
+from clipprobe.evaluation.records import append_records, write_records
+from clipprobe.evaluation.structure import order_records, sections
+from clipprobe.evaluation.tables import csv_rows, fmt_value, to_markdown
 
-
-def result(model, weights, probe, metrics, *, pretrained=None, checkpoint=None, step=None, seen=None, kind="comco"):
-    counts = {k: 100 for k in metrics}
-    return {
-        "model": model, "weights": weights, "pretrained": pretrained, "checkpoint": checkpoint, "step": step,
-        "samples_seen": seen, "probe": probe, "target": kind, "vocab": None,
-        "probe_set": {"kind": kind, "name": kind}, "metrics": metrics, "counts": counts,
-        "intervals": {k: [max(0.0, v - 0.05), min(1.0, v + 0.05)] for k, v in metrics.items()},
-        "config": {}, "notes": [],
-    }  # fmt: skip
-
-
-def tor(first: float, n: int = 4) -> dict[str, float]:
-    rest = (1 - first) / (n - 1)
-    m = {f"n{n}/share_{k}": (first if k == 1 else rest) for k in range(1, n + 1)}
-    m.update({f"n{n}/closest_{k}": (first if k == 1 else rest) for k in range(1, n + 1)})
-    m[f"n{n}/hit_rate"] = 0.5
-    m[f"n{n}/bias_index"] = (first - 1 / n) / (1 - 1 / n)
-    return m
+IOR_ROLES = ["large", "small_1", "small_2", "small_3"]
 
 
 @pytest.fixture()
-def results(tmp_path):
+def results(tmp_path: Path) -> Path:
+    """eval files of two released models and a random init, a checkpoint series, a run folder, a stray JSON."""
     d = tmp_path / "results"
-    d.mkdir()
-    files = {
-        "ViT-B-32__openai__comco__tor.json": result("ViT-B-32", "openai", "tor", tor(0.55), pretrained="openai"),
-        "ViT-B-32__openai__comco__ior.json": result(
-            "ViT-B-32",
-            "openai",
-            "ior",
-            {"n4/large": 0.7, "n4/small_1": 0.1, "n4/small_2": 0.1, "n4/small_3": 0.1},
-            pretrained="openai",
-        ),
-        "tiny__random__comco__tor.json": result("clipprobe-tiny", "random", "tor", tor(0.25)),
-    }
-    for step, first in [(100, 0.3), (200, 0.45), (400, 0.6)]:
-        ckpt = str(tmp_path / "run" / f"step_{step}.pt")
-        files[f"tiny__step_{step}__comco__tor.json"] = result(
-            "clipprobe-tiny", f"step_{step}", "tor", tor(first), checkpoint=ckpt, step=step, seen=step * 64
-        )
-    for name, data in files.items():
-        (d / name).write_text(json.dumps(data))
+    vit = {"model": "ViT-B-32", "weights": tag("openai")}
+    write_records(d / "ViT-B-32__openai__comco__tor.jsonl", [record("tor", position_entries(0.55), **vit)])
+    write_records(d / "ViT-B-32__openai__comco__ior.jsonl",
+                  [record("ior", position_entries(0.7, roles=IOR_ROLES), **vit)])  # fmt: skip
+    write_records(d / "tiny__random__comco__tor.jsonl", [record("tor", position_entries(0.25))])
+    for step, first in [(100, 0.6), (20, 0.3), (40, 0.45)]:  # written out of order; 100 sorts before 20 by name
+        ckpt = {"kind": "file", "path": str(tmp_path / "ckpts" / f"step_{step}.pt"), "sha256": "0" * 64}
+        write_records(d / f"tiny__step_{step}__comco__tor.jsonl",
+                      [record("tor", position_entries(first), weights=ckpt, step=step, seen=64 * step)])  # fmt: skip
+    run = str(tmp_path / "results" / "run")
+    append_records(d / "run" / "probes.jsonl", [run_record(run, s, 0.4 + s / 1000) for s in (0, 10, 20)])
     (d / "notes.json").write_text(json.dumps({"not": "a result"}))
+    (d / "probe_set" / "metadata.jsonl").parent.mkdir()
+    (d / "probe_set" / "metadata.jsonl").write_text(json.dumps({"scene": 1}) + "\n")
     return d
 
 
-@pytest.mark.parametrize(
-    "key, n, family, column",
-    [
-        ("n4/share_1", 4, "share_{k}", "1"),
-        ("n4/share_2_all", 4, "share_{k}_all", "2"),
-        ("n3/closest_large", 3, "closest_{k}", "large"),
-        ("n3/small_2", 3, "{k}", "small_2"),
-        ("n3/acc_small", 3, "acc_{k}", "small"),
-        ("n2/scenario1", 2, "scenario1", None),
-        ("n4/hit_rate", 4, "hit_rate", None),
-        ("split/n4/share_1", 4, "share_{k}", "1"),
-    ],
-)
-def test_metric_keys(key, n, family, column):
-    mk = MetricKey.parse(key)
-    assert (mk.n, mk.family, mk.column) == (n, family, column)
-    assert mk.variant == ("split" if key.startswith("split") else "")
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
-def test_formatting():
-    assert fmt_value("share_{k}", 0.6396, [0.58, 0.69]) == "64.0 [58.0, 69.0]"
-    assert fmt_value("bias_index", 0.5, [0.4, 0.6]) == "0.500"
-    assert fmt_value("share_{k}", float("nan"), [0.0, 1.0]) == "–"
-    assert fmt_value("share_{k}", None, None) == "–"
+def test_csv_rows_are_the_entries() -> None:
+    rec = record("tor", position_entries(0.55), model="ViT-B-32", weights=tag("openai"), step=3, seen=192,
+                 run={"dir": "/abs/run", "condition": "random", "seed": 1}, source="experiment")  # fmt: skip
+    rows = csv_rows([rec])
+    assert len(rows) == len(rec.metrics)
+    for row, m in zip(rows, rec.metrics, strict=True):
+        assert (row["name"], row["family"], row["n"], row["key"], row["variant"]) == (m.name, m.family, m.n, m.key,
+                                                                                      m.variant)  # fmt: skip
+        assert (row["value"], row["lo"], row["hi"], row["count"], row["chance"]) == (m.value, *m.interval, m.count,
+                                                                                     m.chance)  # fmt: skip
+        assert (row["model"], row["weights"], row["step"], row["samples_seen"], row["source"]) == (
+            "ViT-B-32", "openai", 3, 192, "experiment")  # fmt: skip
+        assert (row["run"], row["condition"], row["seed"], row["probe_version"]) == ("/abs/run", "random", 1, 1)
 
 
-def test_markdown_has_rows_per_model_and_the_study_beside_its_models(results):
-    md = to_markdown(collect(str(results)))
-    assert "## tor · comco" in md and "## ior · comco" in md
+def test_formatting() -> None:
+    assert fmt_value(single("a", "share", 0.5, 100, key="1")) == "50.0 [40.4, 59.6]"
+    assert fmt_value(single("b", "bias_index", 0.5, 100)).startswith("0.500 [")
+    nan = single("c", "share", 0.0, 1, key="1")
+    assert fmt_value(type(nan)("c", "share", math.nan, 0, (0.0, 1.0))) == "–"
+
+
+def test_markdown_groups_by_fields_not_names() -> None:
+    odd = [single("weird/name", "closest", 0.8, 50, n=3, key="1", chance=1 / 3),
+           single("n3/closest_2", "closest", 0.1, 50, n=3, key="2", chance=1 / 3),
+           single("n3/closest_3", "closest", 0.1, 50, n=3, key="3", chance=1 / 3),
+           single("n3/share_large", "share", 0.6, 5, n=3, key="1"),
+           single("n2/bias_index", "hit_rate", 0.9, 50, n=3)]  # fmt: skip
+    md = to_markdown([record("tor", odd)], min_count=30)
+    heads = [ln for ln in md.splitlines() if ln.startswith("### ")]
+    assert heads == [
+        "### n = 3 · `closest`: nearest among the query's own objects, over all queries (chance 1/n)",
+        "### n = 3 · `hit_rate`: per-n summary",
+        "### n = 3 · `share`: top-1 among hits, the study's tables (n = the hits it rests on)",
+    ]
     lines = md.splitlines()
-    row = next(i for i, ln in enumerate(lines) if ln.startswith("| ViT-B-32 | openai |") and "55.0 [50.0, 60.0]" in ln)
+    closest = lines.index(heads[0])
+    assert lines[closest + 2] == "| model | weights | step | samples seen | 1 | 2 | 3 | count |"
+    assert lines[closest + 4].startswith("| clipprobe-tiny | random |  |  | 80.0 [") and lines[closest + 4].endswith(
+        " 50 |"
+    )
+    share_row = lines[lines.index(heads[2]) + 4]
+    assert "60.0 [" in share_row and "n=5 †" in share_row  # a share among 5 hits: counted and marked
+
+
+def test_sections_order_series_by_step_and_robust_tables_first(results: Path) -> None:
+    from clipprobe.evaluation.collect import find_result_files, load_records
+
+    records = order_records(load_records(find_result_files(str(results))))
+    tor = next(s for s in sections(records) if s.probe == "tor")
+    steps = [r.step for r in tor.records if r.weights.get("kind") == "file"]
+    assert steps == [20, 40, 100]
+    families = [t.family for t, _ in tor.tables]
+    assert families == ["closest", None, "share_all", "share"]  # robust first, shares among hits last
+    cols = dict(tor.tables)
+    assert [c.key for c in next(v for k, v in cols.items() if k.family == "closest")] == ["1", "2", "3", "4"]
+
+
+def test_markdown_has_the_study_beneath_its_models(results: Path) -> None:
+    from clipprobe.evaluation.collect import find_result_files, load_records
+
+    md = to_markdown(order_records(load_records(find_result_files(str(results)))))
+    assert "## tor · comco" in md and "## ior · comco" in md
+    assert md.index("## tor · comco") < md.index("## ior · comco")
+    lines = md.splitlines()
+    row = next(i for i, ln in enumerate(lines) if ln.startswith("| ViT-B-32 | openai |") and "55.0 [" in ln
+               and "n=100" in ln)  # fmt: skip
     assert lines[row + 1].startswith("| ↳ *study*") and "50.31 | 20.74 | 14.45 | 6.79" in lines[row + 1]
-    ior_row = next(i for i, ln in enumerate(lines) if ln.startswith("| ViT-B-32 | openai |") and "70.0" in ln)
-    assert "65.22 | 17.39 | 8.70 | 8.70" in lines[ior_row + 1]
-    tiny_rows = [ln for ln in lines if ln.startswith("| clipprobe-tiny |")]
-    assert not any("study" in ln for ln in tiny_rows)
-    assert any("| step_200 | 200 | 12,800 |" in ln for ln in tiny_rows)
+    ior = next(i for i, ln in enumerate(lines) if ln.startswith("| ViT-B-32 | openai |") and "70.0 [" in ln
+               and "n=100" in ln)  # fmt: skip
+    assert "65.22 | 17.39 | 8.70 | 8.70" in lines[ior + 1]
+    assert sum(ln.startswith("| ↳ *study*") for ln in lines) == 2  # only beneath the study's (shares among hits)
+    tiny = [ln for ln in lines if ln.startswith("| clipprobe-tiny |")]
+    assert any("| step_20 | 20 | 1,280 |" in ln for ln in tiny)
+    assert tiny.index(next(ln for ln in tiny if "| step_20 |" in ln)) < tiny.index(
+        next(ln for ln in tiny if "| step_100 |" in ln))  # fmt: skip
 
 
-def test_report_command_writes_csv_markdown_and_plots(results, tmp_path, capsys):
+def test_min_count_drops_a_one_case_share_bar() -> None:
+    thin = position_entries(1.0, n=2, total=100, hits=1)  # one hit: its share is 100% of 1 case
+    figs = {f.name: f for f in bar_figures([record("tor", thin)], min_count=30)}
+    assert ("bars", "comco", "tor", "", "n2", "share") not in figs  # nothing left to draw
+    closest = figs[("bars", "comco", "tor", "", "n2", "closest")]
+    assert closest.groups[0].values == [1.0, 0.0] and closest.chance == 0.5
+    kept = {f.name: f for f in bar_figures([record("tor", thin)], min_count=1)}
+    assert kept[("bars", "comco", "tor", "", "n2", "share")].groups[0].values == [1.0, 0.0]
+    mixed = bar_figures([record("tor", thin), record("tor", position_entries(0.5, n=2), weights=tag("x"))], 30)
+    share = next(f for f in mixed if f.name[-1] == "share")
+    assert math.isnan(share.groups[0].values[0]) and share.groups[1].values == [0.5, 0.5]
+
+
+def test_report_command_writes_csv_markdown_and_plots(results: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
     assert main(["report", str(results), "--out", str(out)]) == 0
-    with open(out / "results.csv", newline="") as f:
-        table = list(csv.DictReader(f))
-    # 5 tor files x 10 metrics + 1 ior file x 4 metrics
-    assert len(table) == 5 * 10 + 4
-    row = next(r for r in table if r["weights"] == "step_400" and r["metric"] == "n4/share_1")
-    assert (row["step"], row["samples_seen"], row["n"], row["column"]) == ("400", "25600", "4", "1")
-    assert float(row["value"]) == pytest.approx(0.6) and float(row["lo"]) == pytest.approx(0.55)
+    captured = capsys.readouterr()
+    assert "skipped 2 file(s) that are not result records" in captured.err
+    table = read_csv(out / "results.csv")
+    assert len(table) == 9 * 14  # 9 records of 14 entries (n=4: hit rate, 3 x 4 positions, bias index)
+    row = next(r for r in table if r["weights"] == "step_100" and r["family"] == "share" and r["key"] == "1")
+    assert (row["step"], row["samples_seen"], row["n"], row["name"]) == ("100", "6400", "4", "n4/share_1")
+    assert float(row["value"]) == pytest.approx(0.6) and float(row["lo"]) < 0.6 < float(row["hi"])
+    run_rows = [r for r in table if r["source"] == "callback"]
+    assert len(run_rows) == 3 * 14 and run_rows[0]["run"].endswith("run") and run_rows[0]["weights"] == "run"
     assert (out / "results.md").read_text().startswith("# clipprobe results")
     plots = sorted(p.name for p in (out / "plots").iterdir())
-    assert "comco__tor__n4__share_k.png" in plots and "comco__ior__n4__role.png" in plots
-    series = [p for p in plots if p.startswith("series0__")]
-    assert "series0__comco__tor__n4__closest_k.png" in series
-    assert all((out / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
-    assert "6 result files" in capsys.readouterr().out
+    assert "bars__comco__tor__n4__share.png" in plots and "bars__comco__ior__n4__share.png" in plots
+    series = [p for p in plots if p.startswith("series")]
+    assert "series0-ckpts__curves__comco__tor__closest.png" in series
+    assert "series1-run__index__comco__tor.png" in series
+    for p in plots:
+        with Image.open(out / "plots" / p) as im:
+            im.verify()
+    assert "report: 9 results from 9 files" in captured.out
 
 
-def test_report_refuses_to_overwrite_or_to_write_into_results(results, tmp_path, capsys):
+def test_report_takes_several_sources_and_globs(results: Path, tmp_path: Path, capsys) -> None:
+    more = tmp_path / "more"
+    write_records(more / "x.jsonl", [record("tor", position_entries(0.3), weights=tag("extra"))])
+    main(["report", f"[{results / 'run'},{more}]", "--out", str(tmp_path / "r1"), "--plots", "false"])
+    assert "4 results from 2 files" in capsys.readouterr().out
+    assert not (tmp_path / "r1" / "plots").exists()
+    main(["report", str(results / "*tor.jsonl"), "--out", str(tmp_path / "r2"), "--plots", "false"])
+    assert "5 results from 5 files" in capsys.readouterr().out
+
+
+def test_report_user_errors_are_one_line(results: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "report"
-    main(["report", str(results / "*tor.json"), "--out", str(out), "--plots", "false"])
-    assert not (out / "plots").exists() and "5 result files" in capsys.readouterr().out
-    for argv in (["report", str(results), "--out", str(out)],
-                 ["report", str(results), "--out", str(results)],
-                 ["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")]):  # fmt: skip
+    main(["report", str(results), "--out", str(out), "--plots", "false"])
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "a.json").write_text(json.dumps({"model": "m", "probe": "tor", "metrics": {"n2/share_1": 0.5}}))
+    (old / "b.jsonl").write_text(json.dumps({"schema": 1, "probe": "tor", "set": "comco", "metrics": {}}) + "\n")
+    capsys.readouterr()
+    for argv in (["report", str(results), "--out", str(out)],  # not empty
+                 ["report", str(results), "--out", str(results)],  # the results themselves
+                 ["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")],
+                 ["report", str(old / "a.json"), "--out", str(tmp_path / "r3")],  # schema-1 JSON
+                 ["report", str(old / "b.jsonl"), "--out", str(tmp_path / "r4")],  # schema-1 JSON Lines
+                 ["report", str(results), "--out", str(tmp_path / "r5"), "--x", "epoch"]):  # fmt: skip
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
         err = capsys.readouterr().err
-        assert err.startswith("clipprobe: error:") and err.count("\n") == 1
+        assert err.startswith("clipprobe: error:") and err.count("\n") == 1, err
+        if "old" in argv[1]:
+            assert "schema-1" in err
+    assert not (tmp_path / "r3").exists() and not (tmp_path / "r4").exists()
     main(["report", str(results), "--out", str(out), "--overwrite"])
     assert (out / "plots").is_dir()
+
+
+def test_report_of_an_evaluation_with_a_planted_encoder(tmp_path: Path, capsys) -> None:
+    from planted_encoders import PlantedTextEncoder
+
+    from clipprobe.evaluation.runner import ModelInfo, Target, run_evaluation
+
+    vocab = [f"obj{i:02d}" for i in range(12)]
+    target = Target("vocab-test", None, vocab, "test")
+    recs = list(run_evaluation(PlantedTextEncoder(vocab, "first"), [(target, "tor")],
+                               {"tor": {"num_captions": 40, "n": [2, 3]}}, ModelInfo("planted", {"kind": "random"}),
+                               progress=False))  # fmt: skip
+    write_records(tmp_path / "res" / "planted.jsonl", recs)
+    main(["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep")])
+    md = (tmp_path / "rep" / "results.md").read_text()
+    assert "## tor · vocab-test" in md and "### n = 2 · `closest`" in md and "### n = 3 · `share`" in md
+    assert "| planted | random |  |  | 100.0 [" in md  # the first object is always nearest
+    assert len(read_csv(tmp_path / "rep" / "results.csv")) == len(recs[0].metrics)
