@@ -9,9 +9,10 @@ import torch
 from planted_encoders import PlantedImageEncoder, PlantedTextEncoder, name_vectors, tiny_probe_set
 
 from clipprobe.errors import UserError
+from clipprobe.evaluation.runner import ModelInfo, Target, run_evaluation
 from clipprobe.probes.base import ProbeContext
 from clipprobe.probes.image import attention, box_weights, cls_patch_attention, i2tor, ioc, ior, role_order
-from clipprobe.probes.suite import available_probes, run_probes, validate_probes
+from clipprobe.probes.suite import PROBES, available_probes, validate_probes
 
 NAMES = [f"thing{i}" for i in range(8)]
 
@@ -223,13 +224,20 @@ def test_attention_skips_without_a_vit(tmp_path):
 # suite
 
 
-def test_run_probes_text_and_image(tmp_path):
+def evaluate(enc, names, ps, vocab, options, seed=0):
+    """The one evaluation function, on one target."""
+    work = [(Target("t", ps, vocab), name) for name in names]
+    return list(run_evaluation(enc, work, options, ModelInfo("m", {"kind": "random"}), seed=seed, progress=False))
+
+
+def test_run_evaluation_text_and_image(tmp_path):
     ps = tiny_probe_set(tmp_path, NAMES, counts=(2, 3))
     enc = _image_encoder(ps, _weighted)
-    results = run_probes(enc, ["tor", "ior"], ps, None, {"tor": {"num_captions": 20}}, seed=1, progress=False)
+    results = evaluate(enc, ["tor", "ior"], ps, None, {"tor": {"num_captions": 20}}, seed=1)
     assert [r.probe for r in results] == ["tor", "ior"]
     assert results[0].config["n"] == [2, 3]  # the probe set's counts
-    assert results[1].metrics["n3/large"] == 1.0
+    assert results[0].options["num_captions"] == 20 and results[0].options["run_seed"] == 1
+    assert results[1].metric("n3/large").value == 1.0
     assert set(available_probes()) == {
         "tor",
         "toc",
@@ -240,6 +248,7 @@ def test_run_probes_text_and_image(tmp_path):
         "ioc",
         "attention",
         "itm",
+        "retrieval",
     }
 
 
@@ -261,10 +270,10 @@ def test_validate_probes_rejects(names, options, has_set):
         validate_probes(names, options, has_probe_set=has_set)
 
 
-def test_run_probes_validates_before_running():
+def test_run_evaluation_validates_before_running():
     enc = PlantedTextEncoder(NAMES)
     with pytest.raises(UserError):
-        run_probes(enc, ["tor", "toc"], None, NAMES, {"toc": {"epochs": "many"}}, progress=False)
+        evaluate(enc, ["tor", "toc"], None, NAMES, {"toc": {"epochs": "many"}})
     assert enc.text_calls == 0
 
 
@@ -297,10 +306,10 @@ def test_all_probes_with_the_encoding_engine_are_deterministic(tmp_path, tiny_cl
     outputs = []
     for _run in range(2):  # a second run, with a fresh encoder, gives the same bytes
         enc = CachedEncoder(model, preprocess, open_clip.get_tokenizer("clipprobe-tiny"), "cpu", 64, progress=False)
-        results = run_probes(enc, list(available_probes()), ps, None, options, seed=3, progress=False)
-        outputs.append(json.dumps([r.to_json() for r in results], sort_keys=True))
+        results = evaluate(enc, [p for p, spec in PROBES.items() if spec.by_default], ps, None, options, seed=3)
+        outputs.append(json.dumps([[m.to_json() for m in r.metrics] + [r.config] for r in results], sort_keys=True))
         for r in results:
             assert r.metrics, (r.probe, r.notes)
-            assert set(r.metrics) == set(r.counts) == set(r.intervals), r.probe
+            assert len({m.name for m in r.metrics}) == len(r.metrics), r.probe
         assert enc.images_encoded == len(ps.scenes) + len(ps.references)  # each image once, across probes
     assert outputs[0] == outputs[1]

@@ -326,7 +326,7 @@ def test_preempted_job_is_requeued_and_resumes(cluster: None, corpus: str, job_e
 
 
 @pytest.mark.slow
-def test_eval_array_writes_one_json_per_model(ddp_job: tuple[str, Path, Path], job_env: dict[str, str],
+def test_eval_array_writes_one_record_per_model(ddp_job: tuple[str, Path, Path], job_env: dict[str, str],
                                               tmp_path: Path) -> None:  # fmt: skip
     _, run, _ = ddp_job
     models = tmp_path / "models.txt"
@@ -339,11 +339,9 @@ def test_eval_array_writes_one_json_per_model(ddp_job: tuple[str, Path, Path], j
     infos = wait_for(job, lambda i: len(i) == 3 and ended(i))
     logs = {i["ArrayTaskId"]: (tmp_path / f"clipprobe-eval-{job}_{i['ArrayTaskId']}.out").read_text() for i in infos}
     assert [i["JobState"] for i in infos] == ["COMPLETED"] * 3, logs
-    results = {p.name: json.loads(p.read_text()) for p in out.glob("*.json")}
-    assert sorted(results) == [
-        f"clipprobe-tiny__{w}__vocab-coco__tor.json" for w in ("last", "random", "step=00000006")
-    ]
-    assert results["clipprobe-tiny__last__vocab-coco__tor.json"]["step"] == 12
+    results = {p.name.rsplit("__", 1)[0]: json.loads(p.read_text()) for p in out.glob("*.jsonl")}  # one record each
+    assert sorted(results) == [f"clipprobe-tiny__{w}__vocab-coco__tor" for w in ("last", "random", "step=00000006")]
+    assert results["clipprobe-tiny__last__vocab-coco__tor"]["step"] == 12
     assert all(sum(f"__{w}__" in log for log in logs.values()) == 1 for w in ("last", "random", "step=00000006"))
 
 

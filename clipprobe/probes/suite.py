@@ -1,9 +1,7 @@
 """The probe suite: importing this module fills the registry (:data:`clipprobe.probes.base.PROBES`)
-with every probe, and :func:`run_probes` runs a list of them on one encoder.
-
-Used alike by ``clipprobe eval``, the training callback and tests; it never imports lightning or
-wandb. Options are validated for every requested probe before any probe runs, so a typo fails in a
-second, not after an hour of encoding.
+with every probe; :func:`validate_probes` checks names and options before anything runs, so a typo
+fails in a second, not after an hour of encoding. Probes are run by the one evaluation function,
+:func:`clipprobe.evaluation.runner.run_evaluation`. This module never imports lightning or wandb.
 """
 
 from __future__ import annotations
@@ -11,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from clipprobe.data.probeset import ProbeSet
 from clipprobe.errors import UserError
 from clipprobe.probes import image, matching, retrieval, text  # noqa: F401  (registers the probes)
-from clipprobe.probes.base import PROBES, Encoder, ProbeContext, ProbeResult
+from clipprobe.probes.base import PROBES
 from clipprobe.probes.common import OPTIONS, parse_options
 
 # Registry order = listing order: text probes, then image probes, then matching.
@@ -60,38 +57,3 @@ def validate_probes(
         needing = [n for n in names if PROBES[n].needs_probe_set]
         if needing:
             raise UserError(f"probe {needing[0]} needs a probe set; pass --probe-set DIR or drop it from --probes")
-
-
-def run_probes(
-    encoder: Encoder,
-    names: list[str],
-    probe_set: ProbeSet | None,
-    vocab: list[str] | None,
-    options: dict[str, dict] | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> list[ProbeResult]:
-    """Run the named probes, in order, on one encoder.
-
-    Args:
-        encoder: anything with the Encoder protocol (``CachedEncoder``, or a planted test encoder).
-        names: probe names (keys of ``PROBES``).
-        probe_set: the scenes and references for image probes; None runs text probes only.
-        vocab: the text vocabulary (None = the probe set's, else the study's 90 COCO names).
-        options: per-probe settings, ``{"tor": {"mode": "paper"}, ...}``.
-        seed: the run's seed (each probe's default seed).
-        progress: show progress bars.
-
-    Returns:
-        One :class:`ProbeResult` per name, in order.
-
-    Raises:
-        UserError: see :func:`validate_probes`.
-    """
-    options = dict(options or {})
-    validate_probes(names, options, has_probe_set=probe_set is not None)
-    results = []
-    for name in names:
-        ctx = ProbeContext(encoder, probe_set, vocab, dict(options.get(name) or {}), seed, progress)
-        results.append(PROBES[name].fn(ctx))
-    return results
