@@ -92,6 +92,7 @@ def evaluate(
         The result files written or found (when skipped).
     """
     config = {k: v for k, v in locals().items()}
+    check_out_folder(out)
     config["device"] = device = resolve_device(device)
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
@@ -105,6 +106,26 @@ def evaluate(
     tgts = targets(sets, vocab, image_probes=bool(needy), text_probes=len(needy) < len(chosen))
     plan = plan_jobs(specs, tgts, chosen, Path(out), dict(options or {}), seed)
     return _run(plan, config, skip_existing)
+
+
+def check_out_folder(out: str) -> None:
+    """Refuse, before anything is computed, an ``--out`` that cannot become a writable folder.
+
+    Raises:
+        UserError: ``out`` or one of its parents is a file, or the nearest existing folder is not writable.
+    """
+    import os
+
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {out} lies under {parent}, which is a file; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: cannot write in {parent}; choose a folder you can write to")
 
 
 def _run(plan: Plan, config: dict[str, Any], skip_existing: bool) -> list[Path]:

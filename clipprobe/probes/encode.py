@@ -61,11 +61,36 @@ class _ImageFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image
+    def __getitem__(self, i: int) -> torch.Tensor | str:
+        """The preprocessed image ``[3, H, W]``, or a one-line message when the file cannot be read (an
+        exception raised in a loader worker would reach the user as a multi-line traceback)."""
+        try:
+            return load_pixels(self.paths[i], self.preprocess)
+        except UserError as exc:
+            return str(exc)
 
-        with Image.open(self.paths[i]) as im:
-            return self.preprocess(im.convert("RGB"))
+
+def load_pixels(path: str, preprocess: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+    """Read one image file and preprocess it.
+
+    Raises:
+        UserError: the file is missing, truncated or not an image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return preprocess(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise UserError(f"image {path} cannot be read ({exc}); regenerate or replace it") from None
+
+
+def _stack_checked(items: list[torch.Tensor | str]) -> torch.Tensor:
+    """Collate a loader batch: the first unreadable image's message becomes a UserError."""
+    bad = next((x for x in items if isinstance(x, str)), None)
+    if bad is not None:
+        raise UserError(bad)
+    return torch.stack(items)  # type: ignore[arg-type]
 
 
 class CachedEncoder:
@@ -206,16 +231,15 @@ class CachedEncoder:
             batch_size=self.batch_size,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
+            collate_fn=list,  # checked in the main process (_stack_checked): errors stay one line
         )
-        return iter(loader)
+        return (_stack_checked(items) for items in loader)
 
     def _pixels_of(self, path: str) -> torch.Tensor:
-        from PIL import Image
 
         pixels = self._pixels.get(path)
         if pixels is None:
-            with Image.open(path) as im:
-                pixels = self.preprocess(im.convert("RGB"))
+            pixels = load_pixels(path, self.preprocess)
             self.images_prepared += 1
             size = pixels.numel() * pixels.element_size()
             if self._pixel_bytes + size <= self.pixel_budget:
