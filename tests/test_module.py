@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import lightning as L
@@ -85,16 +86,61 @@ def test_unknown_architecture() -> None:
         CLIPModule("ViT-Z-99")
 
 
-def test_grad_checkpointing_gives_the_same_loss(module: CLIPModule) -> None:
+def test_grad_checkpointing_is_active_and_gives_the_same_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``grad_checkpointing=True`` really checkpoints every residual block of both towers: open_clip's
+    transformers call ``torch.utils.checkpoint.checkpoint`` once per block, and each block runs again in
+    the backward pass (recomputation instead of stored activations). The loss and every parameter's
+    gradient equal those of the same weights without checkpointing."""
+    import open_clip.transformer
     from open_clip.loss import ClipLoss
 
+    real = open_clip.transformer.checkpoint  # open_clip imported the function itself: count calls there
+    calls: list[torch.nn.Module] = []
+
+    def counting(block: torch.nn.Module, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(block)
+        return real(block, *args, **kwargs)
+
+    monkeypatch.setattr(open_clip.transformer, "checkpoint", counting)
     torch.manual_seed(0)
+    plain = CLIPModule("clipprobe-tiny")
     ckpt = CLIPModule("clipprobe-tiny", grad_checkpointing=True)
-    ckpt.model.load_state_dict(module.model.state_dict())
-    batch, loss = _batch(), ClipLoss()
-    values = []
-    for m in (module, ckpt):
+    ckpt.model.load_state_dict(plain.model.state_dict())
+    assert ckpt.model.visual.transformer.grad_checkpointing and ckpt.model.transformer.grad_checkpointing
+    assert not plain.model.visual.transformer.grad_checkpointing and not plain.model.transformer.grad_checkpointing
+
+    runs: Counter[int] = Counter()  # block forward runs (module hooks do not fire on recomputation: wrap forward)
+    block_type = type(plain.model.transformer.resblocks[0])
+    block_forward = block_type.forward
+
+    def counted_forward(self: torch.nn.Module, *args: object, **kwargs: object) -> torch.Tensor:
+        runs[id(self)] += 1
+        return block_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(block_type, "forward", counted_forward)
+    batch, loss_fn = _batch(), ClipLoss()
+    losses, grads = [], []
+    for m in (plain, ckpt):
         m.train()
+        blocks = [*m.model.visual.transformer.resblocks, *m.model.transformer.resblocks]
+        assert len(blocks) == 4 and all(type(b) is block_type for b in blocks)
+        runs.clear()
+        calls.clear()
         out = m(batch["image"], batch["text"])
-        values.append(loss(out["image_features"], out["text_features"], out["logit_scale"]))
-    assert torch.allclose(values[0], values[1], atol=1e-6)
+        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        forward_runs = [runs[id(b)] for b in blocks]
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in m.model.named_parameters() if p.grad is not None})
+        assert forward_runs == [1] * 4
+        if m is plain:
+            assert calls == [] and [runs[id(b)] for b in blocks] == [1] * 4  # activations kept: no recomputation
+        else:  # through checkpoint, each block of both towers once, in order; run again by the backward pass
+            assert [id(b) for b in calls] == [id(b) for b in blocks]
+            assert [runs[id(b)] for b in blocks] == [2] * 4
+    assert torch.allclose(losses[0], losses[1], rtol=0, atol=1e-6)
+    names = [n for n, _ in ckpt.model.named_parameters()]
+    assert sorted(grads[0]) == sorted(grads[1]) == sorted(names)  # every parameter got a gradient, both ways
+    for name, g in grads[0].items():
+        assert torch.allclose(g, grads[1][name], rtol=1e-5, atol=1e-7), name
+    assert all(grads[1][n].abs().sum() > 0 for n in names if "resblocks" in n)
