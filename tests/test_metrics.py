@@ -13,13 +13,13 @@ from clipprobe.probes.tallies import (
     PositionShareTally,
     PreferenceTally,
     accuracy_update,
+    add_counts,
     mean_compute,
     mean_update,
     position_share_compute,
     position_share_update,
     preference_compute,
     preference_update,
-    add_counts,
 )
 
 

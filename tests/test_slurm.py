@@ -21,9 +21,9 @@ import pytest
 import torch
 import yaml
 
-from clipprobe.training import slurm
 from clipprobe.cli import main
 from clipprobe.data.corpus import CorpusConfig, generate_corpus
+from clipprobe.training import slurm
 
 pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).parents[1]

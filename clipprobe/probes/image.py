@@ -75,7 +75,9 @@ def retrieval_result(
             )
             tally.update(scene_emb[mine] @ ref_emb.T, objects)
         counts = tally_counts(tally, POSITION_COUNTS)
-        put_position_shares(result, counts, variant=None if variant == "large" else variant, roles=role_names(n, variant == "large"))
+        put_position_shares(
+            result, counts, variant=None if variant == "large" else variant, roles=role_names(n, variant == "large")
+        )
     return result
 
 
@@ -99,7 +101,11 @@ def ior(ctx: ProbeContext) -> ProbeResult:
     ref_paths = [str(ps.references[r]) for r in references]
     emb, row = encode_unique(ctx.encoder.encode_images, ref_paths + _scene_paths(ps))
     result = retrieval_result(
-        "ior", ps, emb[[row[p] for p in _scene_paths(ps)]], emb[[row[p] for p in ref_paths]], references,
+        "ior",
+        ps,
+        emb[[row[p] for p in _scene_paths(ps)]],
+        emb[[row[p] for p in ref_paths]],
+        references,
         Shard.of(ctx.encoder),
     )
     result.config = {"references": "images", "num_references": len(references)}
@@ -126,7 +132,11 @@ def i2tor(ctx: ProbeContext) -> ProbeResult:
     text_emb, text_row = encode_unique(ctx.encoder.encode_texts, texts)
     img_emb, img_row = encode_unique(ctx.encoder.encode_images, _scene_paths(ps))
     result = retrieval_result(
-        "i2tor", ps, img_emb[[img_row[p] for p in _scene_paths(ps)]], text_emb[[text_row[t] for t in texts]], vocab,
+        "i2tor",
+        ps,
+        img_emb[[img_row[p] for p in _scene_paths(ps)]],
+        text_emb[[text_row[t] for t in texts]],
+        vocab,
         Shard.of(ctx.encoder),
     )
     result.config = {**asdict(opts), "references": "texts", "num_references": len(vocab)}
