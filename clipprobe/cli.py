@@ -12,6 +12,7 @@ User errors (:class:`clipprobe.errors.UserError`, bad options) print one line
 
 from __future__ import annotations
 
+import errno
 import importlib
 import inspect
 import sys
@@ -182,7 +183,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clipprobe: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        fix = _OS_ERROR_FIXES.get(e.errno or 0)
+        if fix is None:
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"clipprobe: error: {e.strerror or e}{where}; {fix}", file=sys.stderr)
+        sys.exit(2)
     return 0
+
+
+# Errors of the environment, not of clipprobe: one line naming the file instead of a traceback. Outputs
+# are written through temporaries (clipprobe.fileio), so what was there before is left as it was.
+_OS_ERROR_FIXES: dict[int, str] = {
+    errno.ENOSPC: "free some space or choose another --out (nothing already written was touched)",
+    errno.EDQUOT: "free some of your quota or choose another --out (nothing already written was touched)",
+    errno.EROFS: "the file system is read-only: choose another --out",
+}
 
 
 if __name__ == "__main__":

@@ -145,3 +145,24 @@ def test_shard_bytes_do_not_depend_on_the_clock(tmp_path: Path, monkeypatch: pyt
         members = tf.getmembers()
     assert [m.name for m in members[:3]] == ["000000000.jpg", "000000000.json", "000000000.txt"]
     assert {m.mtime for m in members} == {0} and all(m.isreg() and not m.pax_headers for m in members)
+
+
+def test_hidden_objects_are_not_named(tmp_path: Path) -> None:
+    """An object covered by those pasted after it (no visible pixel) is in neither the caption nor key.json.
+
+    Six objects in 16 px images: about one sample in ten has a hidden one.
+    """
+    from clipprobe.analysis.mentions import Matcher
+    from clipprobe.data.sprites import object_names
+
+    main(["data", "corpus", "--out", str(tmp_path / "h"), "--num-samples", "120", "--shard-size", "60",
+          "--image-size", "16", "--objects", "6", "--p-size-word", "0.5", "--workers", "1", "--progress", "false"])  # fmt: skip
+    matcher = Matcher(object_names("comco"))
+    rows = _samples(tmp_path / "h")
+    for row in rows:
+        meta = row["meta"]
+        assert all(area > 0 for area in meta["areas"]), meta
+        assert len(meta["objects"]) == len(meta["areas"]) == len(meta["boxes"]) >= 1
+        assert sorted(matcher.find(row["txt"])) == sorted(meta["objects"]) == sorted(meta["mentioned"]), row["txt"]
+    assert any(len(row["meta"]["objects"]) < 6 for row in rows)  # some objects were hidden, and left out
+    assert json.loads((tmp_path / "h" / "corpus.json").read_text())["generator_version"] == 3

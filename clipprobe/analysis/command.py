@@ -11,10 +11,10 @@ from typing import Any
 from clipprobe.analysis.corpus_stats import CorpusStats
 from clipprobe.analysis.mentions import SYNONYM_TABLES, Matcher, load_extractor, load_synonyms
 from clipprobe.analysis.sources import CocoSource, Sample, ShardSource, canonical_areas, load_detections
-from clipprobe.data.tars import expand_urls
-from clipprobe.data.vocab import load_vocab
+from clipprobe.data.tars import expand_urls, is_local
+from clipprobe.data.vocab import VOCABULARIES, load_vocab
 from clipprobe.errors import UserError
-from clipprobe.fileio import atomic_write_json, atomic_write_text, check_output_dir, staged_dir
+from clipprobe.fileio import atomic_write_json, atomic_write_text, check_not_input, check_output_dir, staged_dir
 
 FAIL_FAST = 1000  # this many samples without a caption, and none with one: stop (the caption key is wrong)
 
@@ -67,9 +67,13 @@ def corpus(
     if max_samples is not None and max_samples < 1:
         raise UserError(f"--max-samples must be at least 1, got {max_samples}")
     check_output_dir(out, overwrite)
+    urls = expand_urls(shards) if shards else []
+    inputs = [u.removeprefix("file:") for u in urls if is_local(u)] + [coco_captions, coco_instances, detections]
+    inputs += [vocab if vocab not in VOCABULARIES else None, synonyms if synonyms not in SYNONYM_TABLES else None]
+    check_not_input(out, [p for p in inputs if p])
 
     source: ShardSource | CocoSource
-    source = ShardSource(expand_urls(shards), caption_key) if shards else CocoSource(coco_captions, coco_instances)  # type: ignore[arg-type]
+    source = ShardSource(urls, caption_key) if shards else CocoSource(coco_captions, coco_instances)  # type: ignore[arg-type]
     dets = load_detections(detections) if detections else None
     labels = list(getattr(source, "labels", [])) + sorted({label for a in (dets or {}).values() for label in a})
     matcher = build_matcher(vocab, synonyms, labels)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipprobe.data.vocab import read_text_file
 from clipprobe.errors import UserError
 
 Extractor = Callable[[str, Sequence[str]], list[str]]
@@ -186,7 +187,7 @@ def load_synonyms(source: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     ``#`` starts a comment; blank lines are skipped.
 
     Raises:
-        UserError: the file is missing, or a line has no ``:``.
+        UserError: the file is missing, unreadable or not UTF-8, or a line has no ``:``.
     """
     if str(source) in SYNONYM_TABLES:
         return dict(SYNONYM_TABLES[str(source)])
@@ -194,7 +195,7 @@ def load_synonyms(source: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     if not path.is_file():
         raise UserError(f"synonyms {source} is neither a table ({', '.join(SYNONYM_TABLES)}) nor a file")
     table: dict[str, tuple[str, ...]] = {}
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, raw in enumerate(read_text_file(path, "synonyms file").splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue

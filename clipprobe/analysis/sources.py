@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from clipprobe.data.tars import ShardReadError, iter_shard
+from clipprobe.data.vocab import read_text_file
 from clipprobe.errors import UserError
 
 Areas = dict[str, "float | None"]  # object label -> area in pixels (None: the object has no area)
@@ -91,12 +92,18 @@ def _item(values: Any, i: int) -> Any:
 
 class ShardSource:
     """Samples of img2dataset shards, in shard order. A shard that breaks off (truncated, unreadable)
-    is noted in :attr:`errors` and the stream goes on with the next one."""
+    is noted in :attr:`errors` and the stream goes on with the next one.
+
+    The caption is the sample's ``caption_key`` member; with the default key ``txt`` only, a sample
+    without one falls back to its ``key.json``'s ``caption``. A ``caption_key`` that the first sample
+    lacks is an error naming the members it has (a typo must not fall back to another caption).
+    """
 
     def __init__(self, urls: list[str], caption_key: str = "txt", json_key: str = "json"):
         # webdataset lower-cases extensions when it groups a sample's members
-        self.urls, self.caption_key, self.json_key = urls, caption_key.lower(), json_key.lower()
+        self.urls, self.caption_key, self.json_key = urls, caption_key.lower().lstrip("."), json_key.lower()
         self.errors: list[str] = []
+        self._checked = False
 
     def __len__(self) -> int:
         """Samples written, from img2dataset's ``{shard}_stats.json`` (``successes``); 0 when unknown."""
@@ -113,11 +120,31 @@ class ShardSource:
         for url in self.urls:
             try:
                 for sample in iter_shard(url):
+                    if not self._checked:
+                        self._check_caption_key(sample, url)
                     yield self._sample(sample)
             except ShardReadError as e:
                 self.errors.append(str(e))
                 print(f"clipprobe: warning: shard {url} broke off after {e.count} samples ({e.reason})",
                       file=sys.stderr)  # fmt: skip
+
+    def _check_caption_key(self, parts: Mapping[str, Any], url: str) -> None:
+        """Refuse a caption key the first sample does not have (unless it is the default, ``txt``, and the
+        sample's ``key.json`` holds a caption)."""
+        self._checked = True
+        if self.caption_key in parts:
+            return
+        if self.caption_key == "txt" and self.json_key in parts:
+            try:
+                if isinstance(json.loads(parts[self.json_key]).get("caption"), str):
+                    return
+            except (ValueError, AttributeError):
+                pass
+        members = ", ".join(sorted(k for k in parts if not k.startswith("__"))) or "none"
+        raise UserError(
+            f"--caption-key {self.caption_key!r}: the first sample ({parts.get('__key__')} in {url}) has no such "
+            f"member; its members are: {members}; pass one of them"
+        )
 
     def _sample(self, parts: Mapping[str, Any]) -> Sample:
         """A webdataset sample (``{"__key__", ext: bytes}``) as a :class:`Sample`; its image is never decoded."""
@@ -130,7 +157,7 @@ class ShardSource:
             areas = areas_from_corpus_json(meta)
         except (ValueError, KeyError, TypeError, AttributeError):
             return Sample(key, caption, None, bad_annotation=True)
-        if caption is None and isinstance(meta.get("caption"), str):
+        if caption is None and self.caption_key == "txt" and isinstance(meta.get("caption"), str):
             caption = meta["caption"]
         return Sample(key, caption, areas)
 
@@ -194,10 +221,7 @@ def load_detections(path: str | os.PathLike) -> dict[str, Areas]:
         UserError: the file is missing, a line is not such a row, or a key repeats.
     """
     out: dict[str, Areas] = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise UserError(f"detections file {path} is not readable ({e.strerror or e})") from None
+    lines = read_text_file(path, "detections file").splitlines()
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -26,14 +26,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from clipprobe.data.generate import available_cores
+from clipprobe.data.limits import check_disk, choose_workers
 from clipprobe.data.sprites import object_names, sprite_at
 from clipprobe.errors import UserError
-from clipprobe.fileio import atomic_write_json, check_output_dir, staged_dir
+from clipprobe.fileio import atomic_write_json, atomic_writer, check_output_dir, staged_dir
 
-GENERATOR_VERSION = 2  # 2: no template word names a COCO object ("table" did)
+GENERATOR_VERSION = 3  # 2: no template word names a COCO object ("table" did); 3: hidden objects go unnamed
 MAX_OBJECTS = 6  # more than this does not fit legibly in a small image
 SIZE_RANGE = (0.2, 0.6)  # an object's longer side, as a fraction of the image side
 OPAQUE = 127  # a pixel belongs to an object where its alpha exceeds this
+MAX_SHARDS = 100_000  # shards in one folder
+MIN_SAMPLE_BYTES = 2048  # a sample takes at least this in a shard: three 512-byte tar headers and a JPEG
 Rng = np.random.Generator
 
 # ---------------------------------------------------------------------------------------------
@@ -194,11 +198,20 @@ def draw_scene(rng: Rng, names: Sequence[str], image_size: int) -> tuple[Image.I
 
 
 def make_sample(cfg: CorpusConfig, index: int, vocab: Sequence[str]) -> tuple[bytes, str, dict[str, Any]]:
-    """Sample ``index``: JPEG bytes, caption, metadata. Depends only on ``(cfg, index)``."""
+    """Sample ``index``: JPEG bytes, caption, metadata. Depends only on ``(cfg, index)``.
+
+    An object that ends up with no visible pixel (covered by those pasted after it) is not in the
+    picture, so it is left out of the caption and the metadata; the last one pasted is always
+    visible, so a sample names at least one object.
+    """
     rng = np.random.default_rng([cfg.seed, index])
     n = int(cfg.counts[int(rng.integers(len(cfg.counts)))])
     names = [vocab[int(j)] for j in rng.choice(len(vocab), size=n, replace=False)]
     image, areas, boxes = draw_scene(rng, names, cfg.image_size)
+    visible = [k for k, area in enumerate(areas) if area > 0]
+    if len(visible) < n:
+        names, areas, boxes = [names[k] for k in visible], [areas[k] for k in visible], [boxes[k] for k in visible]
+        n = len(names)
     order = ORDER_POLICIES[cfg.order](rng, areas, cfg.p_order)
     words = list(names)
     if n > 1 and rng.random() < cfg.p_size_word:
@@ -244,15 +257,14 @@ def write_shard(cfg: CorpusConfig, shard: int, out: Path) -> int:
     vocab = object_names("comco")
     first = shard * cfg.shard_size
     count = min(cfg.shard_size, cfg.num_samples - first)
-    tmp = out / f".{shard:05d}.tar.tmp"
-    with open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as sink:  # else it stamps time.time()
+    # a fixed mtime, else TarWriter stamps time.time() into every member
+    with atomic_writer(out / f"{shard:05d}.tar") as f, wds.TarWriter(f, encoder=False, mtime=0) as sink:
         for i in range(count):
             jpg, text, meta = make_sample(cfg, first + i, vocab)
             key = _key(cfg, shard, i)
             meta["key"] = key
             json_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
             sink.write({"__key__": key, "jpg": jpg, "txt": text.encode("utf-8"), "json": json_bytes})
-    os.replace(tmp, out / f"{shard:05d}.tar")
     stats = {"count": count, "successes": count, "failed_to_download": 0, "failed_to_resize": 0,
              "status_dict": {"success": count}}  # fmt: skip
     atomic_write_json(out / f"{shard:05d}_stats.json", stats)
@@ -282,12 +294,30 @@ def _check(cfg: CorpusConfig) -> None:
         (0.0 <= cfg.p_size_word <= 1.0, f"--p-size-word must lie in [0, 1], got {cfg.p_size_word}"),
         (16 <= cfg.image_size <= 1024, f"--image-size must be between 16 and 1024 pixels, got {cfg.image_size}"),
         (1 <= cfg.quality <= 100, f"--quality must be between 1 and 100, got {cfg.quality}"),
+        (cfg.seed >= 0, f"--seed must be 0 or more, got {cfg.seed}"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
     if max(cfg.counts) > len(object_names("comco")):
         raise UserError(f"--objects asks for {max(cfg.counts)} distinct objects; only {len(object_names('comco'))}")
+    shards = -(-cfg.num_samples // cfg.shard_size)
+    if shards > MAX_SHARDS:
+        raise UserError(
+            f"--num-samples {cfg.num_samples} with --shard-size {cfg.shard_size} makes {shards} shards (limit "
+            f"{MAX_SHARDS}); raise --shard-size or lower --num-samples"
+        )
+
+
+def worker_memory(cfg: CorpusConfig) -> int:
+    """Bytes a writing process takes at most: its cache of scaled sprites (``sprite_at`` keeps up to its
+    ``maxsize``, and no more than the objects drawn; sides uniform in :data:`SIZE_RANGE` of the image side,
+    RGBA) and the float64 backdrop, the owner map and the image of one sample."""
+    lo, hi = (f * cfg.image_size for f in SIZE_RANGE)
+    distinct = len(object_names("comco")) * max(1, round(hi - lo))
+    entries = min(sprite_at.cache_info().maxsize or 4096, distinct, cfg.num_samples * max(cfg.counts))
+    mean_area = (hi**3 - lo**3) / (3 * (hi - lo))  # E[side**2] for a side uniform in [lo, hi]
+    return round(4 * entries * mean_area) + 40 * cfg.image_size**2
 
 
 def _shard_job(args: tuple[CorpusConfig, int, str]) -> int:
@@ -297,17 +327,23 @@ def _shard_job(args: tuple[CorpusConfig, int, str]) -> int:
 
 def generate_corpus(cfg: CorpusConfig, out: str | os.PathLike, overwrite: bool = False, workers: int | None = None,
                     progress: bool = True) -> Path:  # fmt: skip
-    """Write the corpus ``cfg`` to ``out`` (staged: ``out`` appears complete or not at all)."""
+    """Write the corpus ``cfg`` to ``out`` (staged: ``out`` appears complete or not at all).
+
+    Raises:
+        UserError: a bad option (see ``corpus``), too many workers or shards, an ``out`` that is not empty
+            (unless ``overwrite``) or cannot be written, or a corpus that would not fit on its disk.
+    """
     from tqdm import tqdm
 
     _check(cfg)
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+    workers = choose_workers(workers, available_cores(), worker_memory(cfg),
+                             f"--image-size {cfg.image_size}", "--image-size")  # fmt: skip
     out = check_output_dir(out, overwrite)
+    check_disk(cfg.num_samples * MIN_SAMPLE_BYTES, out, f"--num-samples {cfg.num_samples}",
+               "lower --num-samples or choose another --out")  # fmt: skip
     shards = -(-cfg.num_samples // cfg.shard_size)
     with staged_dir(out) as root:
-        jobs = [(cfg, s, str(root)) for s in range(shards)]
+        jobs = ((cfg, s, str(root)) for s in range(shards))
         bar = tqdm(total=cfg.num_samples, desc="corpus", unit="sample", disable=None if progress else True)
         with bar:
             if min(workers, shards) == 1:

@@ -13,24 +13,29 @@ import hashlib
 import json
 import math
 import multiprocessing
+import numbers
 import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from clipprobe.data.limits import check_disk, check_memory, choose_workers
 from clipprobe.data.probeset import MANIFEST, METADATA
 from clipprobe.data.render import PNG_OPTIONS, render, save_png
 from clipprobe.data.scenes import COUNTS, MIN_SMALL_PX, Geometry, SceneSpec, layout_geometry, plan_scenes
 from clipprobe.data.scenes import reference_size as _reference_size
 from clipprobe.data.sprites import check_objects, object_names
 from clipprobe.errors import UserError
-from clipprobe.fileio import atomic_write_json, atomic_write_text, check_output_dir, staged_dir
+from clipprobe.fileio import atomic_write_json, atomic_write_text, check_output_dir, check_writable, staged_dir
 
 GENERATOR_VERSION = "1"
 MIN_DEFAULT_SCENES = 200  # default scenes per group: the least multiple of the object count >= this
 DEFAULT_COUNTS = (2, 3, 4, 5)
 RUN_OPTIONS = ("workers", "progress")  # arguments that change how, not what, is generated
+CONTENT_OPTIONS = ("objects", "scenes_per_layout", "image_size", "size_ratio", "equal_size", "names", "seed")
+SCENE_MEMORY = 1024  # bytes a scene takes while a set is generated (its plan entry and metadata row)
+MIN_SCENE_BYTES = 300  # the smallest scene PNG (16 px), and at least a tenth of a byte per pixel
 
 
 @dataclass(frozen=True)
@@ -64,13 +69,24 @@ def resolve_config(
     equal_size: bool = True,
     names: list[str] | None = None,
     seed: int = 0,
+    **unknown: Any,
 ) -> GenConfig:
     """Check the generation arguments and fill in defaults (see ``comco`` for their meaning).
 
+    The arguments may come from a user's ``--generate`` mapping (``clipprobe eval``, the probe callback),
+    so unknown names and values of the wrong type are user errors too.
+
     Raises:
-        UserError: an unknown kind or object name, an invalid object count, a ratio below 1, an
-            image too small for the layouts, or too few objects for the largest scene.
+        UserError: an unknown kind, option or object name, a value of the wrong type, an invalid object
+            count, a ratio below 1, a negative seed, an image too small for the layouts, too few objects
+            for the largest scene, or more scenes than memory holds.
     """
+    if unknown:
+        raise UserError(
+            f"unknown probe-set generation option(s) {', '.join(sorted(unknown))} (in --generate); "
+            f"choose from those of 'clipprobe data comco': {', '.join(CONTENT_OPTIONS + RUN_OPTIONS)}"
+        )
+    _check_types(objects, scenes_per_layout, image_size, size_ratio, equal_size, names, seed)
     all_names = object_names(kind)
     counts = sorted(set(objects or ()))
     bad = [n for n in counts if n not in COUNTS]
@@ -94,8 +110,38 @@ def resolve_config(
         scenes_per_layout = len(chosen) * math.ceil(MIN_DEFAULT_SCENES / len(chosen))
     if scenes_per_layout < 1:
         raise UserError(f"--scenes-per-layout must be at least 1, got {scenes_per_layout}")
-    return GenConfig(kind, tuple(chosen), tuple(counts), scenes_per_layout, image_size, float(size_ratio),
-                     bool(equal_size), int(seed))  # fmt: skip
+    if seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {seed}")
+    total = scenes_per_layout * sum(n + int(bool(equal_size)) for n in counts)
+    check_memory(total * SCENE_MEMORY, f"--scenes-per-layout {scenes_per_layout} ({total} scenes)",
+                 "lower --scenes-per-layout")  # fmt: skip
+    return GenConfig(kind, tuple(chosen), tuple(int(n) for n in counts), int(scenes_per_layout), int(image_size),
+                     float(size_ratio), bool(equal_size), int(seed))  # fmt: skip
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_types(objects: Any, scenes_per_layout: Any, image_size: Any, size_ratio: Any, equal_size: Any,
+                 names: Any, seed: Any) -> None:  # fmt: skip
+    """Refuse values of the wrong type (possible in a ``--generate`` mapping; the CLI converts its options)."""
+    checks = [
+        ("--objects", objects, "a list of object counts",
+         isinstance(objects, (list, tuple)) and all(map(_is_int, objects))),
+        ("--scenes-per-layout", scenes_per_layout, "a whole number", scenes_per_layout is None
+         or _is_int(scenes_per_layout)),
+        ("--image-size", image_size, "a whole number of pixels", _is_int(image_size)),
+        ("--size-ratio", size_ratio, "a number", isinstance(size_ratio, numbers.Real)
+         and not isinstance(size_ratio, bool)),
+        ("--equal-size", equal_size, "true or false", isinstance(equal_size, bool)),
+        ("--names", names, "a list of object names", names is None
+         or (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names))),
+        ("--seed", seed, "a whole number", _is_int(seed)),
+    ]  # fmt: skip
+    for option, value, kind, ok in checks:
+        if not ok:
+            raise UserError(f"{option} must be {kind}, got {value!r}")
 
 
 def _check_image_size(image_size: int, ratio: float, counts: list[int]) -> None:
@@ -199,17 +245,29 @@ def _manifest(cfg: GenConfig, specs: list[SceneSpec]) -> dict[str, Any]:
     }
 
 
+def worker_memory(cfg: GenConfig) -> int:
+    """Bytes a drawing process takes at most: its cache of scaled sprites (every object at the small and
+    the large size of every layout, RGBA) and a few images of the full size (backdrop, scene, PNG)."""
+    sprites = sum((g.small**2 + g.large**2) for g in (layout_geometry(n, cfg.image_size, cfg.size_ratio)
+                                                      for n in cfg.counts))  # fmt: skip
+    return 4 * len(cfg.objects) * sprites + 4 * 3 * cfg.image_size**2
+
+
 def generate(cfg: GenConfig, out: str | os.PathLike, overwrite: bool = False, workers: int | None = None,
              progress: bool = True) -> Path:  # fmt: skip
     """Write the probe set ``cfg`` to ``out`` (staged; ``out`` appears complete or not at all).
 
     Raises:
-        UserError: ``out`` is not empty and ``overwrite`` is false, or ``workers`` < 1.
+        UserError: ``out`` is not empty and ``overwrite`` is false, cannot be written or would not fit on
+            its disk, or ``workers`` < 1 (or far more than the cores).
     """
-    workers = available_cores() if workers is None else workers
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+    workers = choose_workers(workers, available_cores(), worker_memory(cfg),
+                             f"--image-size {cfg.image_size} ({len(cfg.objects)} objects)",
+                             "--image-size, or draw fewer --names")  # fmt: skip
     out = check_output_dir(out, overwrite)
+    total = cfg.scenes_per_layout * sum(n + int(cfg.equal_size) for n in cfg.counts) + len(cfg.objects)
+    check_disk(total * max(MIN_SCENE_BYTES, cfg.image_size**2 // 10), out,
+               f"{total} images of {cfg.image_size} px", "lower --scenes-per-layout or choose another --out")  # fmt: skip
     specs = plan_scenes(list(cfg.objects), list(cfg.counts), cfg.scenes_per_layout, cfg.equal_size, cfg.seed)
     geos = {n: layout_geometry(n, cfg.image_size, cfg.size_ratio) for n in cfg.counts}
     with staged_dir(out) as root:
@@ -321,7 +379,7 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "clipprobe" / "probesets"
 
 
-def ensure_probe_set(kind: str, cache_dir: str | os.PathLike | None = None, **params: Any) -> Path:
+def ensure_probe_set(kind: str, /, cache_dir: str | os.PathLike | None = None, **params: Any) -> Path:
     """The folder of a probe set with these parameters, generated once into a cache and then reused.
 
     The folder is named after a hash of the resolved parameters (defaults filled in) and the
@@ -333,11 +391,23 @@ def ensure_probe_set(kind: str, cache_dir: str | os.PathLike | None = None, **pa
         cache_dir: cache root (default: ``default_cache_dir()``).
         **params: any argument of ``clipprobe data comco`` except ``out`` and ``overwrite``;
             ``workers`` and ``progress`` only change how it is generated.
+
+    Raises:
+        UserError: bad parameters (see ``resolve_config``), or a cache that cannot be written when the
+            set must be generated.
     """
+    reserved = sorted(set(params) & {"kind", "out", "overwrite"})
+    if reserved:
+        raise UserError(
+            f"probe-set generation option(s) {', '.join(reserved)} cannot be set for a cached set (its kind is "
+            "its name, comco or simco, and its folder is in the cache); remove them from --generate"
+        )
     run = {k: params.pop(k) for k in RUN_OPTIONS if k in params}
     cfg = resolve_config(kind, **params)
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"{kind}-{cfg.key()[:16]}"
     if not (path / MANIFEST).is_file():
+        where = "cache_dir" if cache_dir is not None else "$CLIPPROBE_CACHE"
+        check_writable(path, "the probe-set cache", f"set {where} to a folder you can write")
         generate(cfg, path, overwrite=True, workers=run.get("workers"), progress=run.get("progress", False))
     return path

@@ -7,16 +7,18 @@ reference image with its name. Works on clipprobe's folders and on the study's p
 
 from __future__ import annotations
 
+import os
 import random
 from collections import defaultdict
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from clipprobe.data.limits import check_memory
 from clipprobe.data.probeset import ProbeSet, Scene
 from clipprobe.data.render import encode_png
 from clipprobe.errors import UserError
-from clipprobe.fileio import atomic_write_bytes
+from clipprobe.fileio import atomic_write_bytes, check_output_file
 
 PAD = 8
 LINE = 13  # label line height in pixels
@@ -51,13 +53,28 @@ def sample_scenes(scenes: list[Scene], k: int, seed: int = 0) -> list[Scene]:
     return sorted(picked, key=lambda s: (order[_group(s)], s.file_name))
 
 
-def _fit(path: Path, size: int) -> Image.Image:
-    with Image.open(path) as im:
-        tile = im.convert("RGB")
+def _open_rgb(path: Path) -> Image.Image:
+    """The image at ``path`` as RGB, fully decoded.
+
+    Raises:
+        UserError: the file is missing, truncated, not an image or absurdly large, naming it.
+    """
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise UserError(f"cannot read image {path} ({reason}); the probe set is damaged: regenerate it") from None
+
+
+def _fit(path: Path, size: int) -> tuple[Image.Image, int]:
+    """The image scaled so that its longer side is ``size``, and its original width."""
+    tile = _open_rgb(path)
     scale = size / max(tile.size)
-    return tile.resize(
+    thumb = tile.resize(
         (max(1, round(tile.width * scale)), max(1, round(tile.height * scale))), Image.Resampling.LANCZOS
     )
+    return thumb, tile.width
 
 
 def _clip(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.ImageFont) -> str:
@@ -68,11 +85,10 @@ def _clip(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.Imag
 
 def _scene_cell(ps: ProbeSet, scene: Scene, tile: int, rows: int, font: ImageFont.ImageFont) -> Image.Image:
     cell = Image.new("RGB", (tile, tile + 4 + rows * LINE), "white")
-    img = _fit(ps.path(scene), tile)
+    img, width = _fit(ps.path(scene), tile)
     cell.paste(img, (0, 0))
     draw = ImageDraw.Draw(cell)
-    with Image.open(ps.path(scene)) as im:
-        scale = img.width / im.width
+    scale = img.width / width
     for k, obj in enumerate(scene.objects):
         if obj.is_large and obj.bbox is not None:
             x0, y0, x1, y1 = (round(v * scale) for v in obj.bbox)
@@ -96,10 +112,32 @@ def _grid(cells: list[Image.Image], columns: int) -> Image.Image:
 
 def _reference_cell(path: Path, name: str, tile: int, font: ImageFont.ImageFont) -> Image.Image:
     cell = Image.new("RGB", (tile, tile + LINE + 2), "white")
-    cell.paste(_fit(path, tile), (0, 0))
+    cell.paste(_fit(path, tile)[0], (0, 0))
     draw = ImageDraw.Draw(cell)
     draw.text((1, tile + 1), _clip(draw, name, tile - 2, font), fill=TEXT_COLOUR, font=font)
     return cell
+
+
+def sheet_memory(scenes: int, columns: int, tile: int, rows: int, references: int, reference_tile: int) -> int:
+    """Bytes that drawing a contact sheet takes at most: every cell, the two grids, the sheet and its PNG.
+
+    Args:
+        scenes: scenes shown.
+        columns: scenes per row.
+        tile: scene thumbnail side.
+        rows: label lines under a scene (its largest object count).
+        references: reference images shown.
+        reference_tile: reference thumbnail side.
+    """
+    cell_h = tile + 4 + rows * LINE
+    grid_w, grid_h = (columns * (tile + PAD), -(-scenes // columns) * (cell_h + PAD)) if scenes else (1, 1)
+    ref_cols = max(1, (grid_w + PAD) // (reference_tile + PAD))
+    ref_h = reference_tile + LINE + 2
+    ref_w, ref_rows = ref_cols * (reference_tile + PAD), -(-references // ref_cols)
+    sheet = (max(grid_w, ref_w, 400) + 2 * PAD) * (6 * LINE + grid_h + ref_rows * (ref_h + PAD) + 3 * PAD)
+    pixels = scenes * tile * cell_h + grid_w * grid_h + references * reference_tile * ref_h
+    pixels += ref_w * ref_rows * (ref_h + PAD) + 2 * sheet  # the sheet, and its PNG while it is encoded
+    return 3 * pixels
 
 
 def preview(
@@ -124,8 +162,23 @@ def preview(
     """
     if columns < 1 or tile < 32 or reference_tile < 16 or scenes < 0:
         raise UserError("preview needs --columns >= 1, --tile >= 32, --reference-tile >= 16 and --scenes >= 0")
+    if seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {seed}")
+    if out is not None:
+        check_output_file(out, "--out", ".png")
     ps = ProbeSet.load(probe_set)
     target = Path(out) if out is not None else Path(f"{ps.root.resolve().name}_preview.png")
+    check_output_file(target, "--out", ".png")
+    inside = Path(os.path.abspath(target))
+    if Path(os.path.abspath(ps.root)) in inside.parents:
+        raise UserError(f"--out {target} is inside the probe set {ps.root}; write the preview elsewhere")
+    shown = min(scenes, len(ps.scenes))
+    rows = max(ps.counts(), default=1)
+    check_memory(
+        sheet_memory(shown, columns, tile, rows, len(ps.references), reference_tile),
+        f"--tile {tile}, --columns {columns}, --scenes {shown} and --reference-tile {reference_tile}",
+        "lower --tile, --columns, --scenes or --reference-tile",
+    )
     font = _font()
     picked = sample_scenes(ps.scenes, scenes, seed)
     rows = max((s.n for s in picked), default=1)

@@ -159,9 +159,12 @@ class ProbeSet:
 def _load_own(root: Path) -> ProbeSet:
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-        rows = [json.loads(ln) for ln in (root / METADATA).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, json.JSONDecodeError) as e:
+        lines = (root / METADATA).read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise UserError(f"probe set {root} is unreadable ({e}); regenerate it with --overwrite") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"probe set {root}: {MANIFEST} is not a JSON object; regenerate it with --overwrite")
+    scenes = _read_metadata(root, lines)
     refs = {name: root / "references" / f"{name}.png" for name in manifest.get("objects", [])}
     missing = [n for n, p in refs.items() if not p.is_file()]
     if missing:
@@ -171,9 +174,36 @@ def _load_own(root: Path) -> ProbeSet:
         kind=manifest.get("kind", "unknown"),
         vocabulary=list(manifest.get("vocabulary") or manifest.get("objects", [])),
         references=refs,
-        scenes=[Scene.from_json(r) for r in rows],
+        scenes=scenes,
         manifest=manifest,
     )
+
+
+def _read_metadata(root: Path, lines: list[str]) -> list[Scene]:
+    """The scenes of ``metadata.jsonl``, one per line; a line that is not a scene row, or a scene listed
+    twice (a generated set never does: it is corrupt), is an error naming the line."""
+    scenes: list[Scene] = []
+    first_line: dict[str, int] = {}
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            scene = Scene.from_json(json.loads(line))
+            if not isinstance(scene.file_name, str) or not scene.file_name:
+                raise ValueError(f"file_name {scene.file_name!r} is not a path")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(
+                f"probe set {root}: {METADATA} line {lineno} is not a scene row ({type(e).__name__}: {e}); "
+                "regenerate the set with --overwrite"
+            ) from None
+        if scene.file_name in first_line:
+            raise UserError(
+                f"probe set {root}: {METADATA} lists scene {scene.file_name} twice (lines "
+                f"{first_line[scene.file_name]} and {lineno}); the set is corrupt: regenerate it with --overwrite"
+            )
+        first_line[scene.file_name] = lineno
+        scenes.append(scene)
+    return scenes
 
 
 # ---------------------------------------------------------------------------------------------

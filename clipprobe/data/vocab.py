@@ -29,18 +29,41 @@ SIMCO_NAMES: tuple[str, ...] = (
 VOCABULARIES: dict[str, tuple[str, ...]] = {"coco": COCO_NAMES, "comco": COCO_NAMES, "simco": SIMCO_NAMES}
 
 
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """The UTF-8 text of a user's file.
+
+    Args:
+        path: the file.
+        what: how to name it in messages, e.g. ``vocabulary file``.
+
+    Raises:
+        UserError: the file cannot be read or is not UTF-8, naming the file (and the first bad byte).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"{what} {path} is not readable ({e.strerror or e}); check the path and permissions") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+
+
 def load_vocab(source: str | os.PathLike) -> list[str]:
     """A vocabulary by name (``coco``, ``simco``) or from a text file (one name a line, ``#`` comments).
 
     Raises:
-        UserError: the file is missing, empty, or names an object twice.
+        UserError: the file is missing, unreadable, not UTF-8, empty, or names an object twice.
     """
     if str(source) in VOCABULARIES:
         return list(VOCABULARIES[str(source)])
     path = Path(source)
     if not path.is_file():
         raise UserError(f"vocabulary {source} is neither a known name ({', '.join(VOCABULARIES)}) nor a file")
-    names = [ln.split("#", 1)[0].strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    names = [ln.split("#", 1)[0].strip() for ln in read_text_file(path, "vocabulary file").splitlines()]
     names = [n for n in names if n]
     if not names:
         raise UserError(f"vocabulary file {path} holds no names; write one name a line")
