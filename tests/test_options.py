@@ -42,7 +42,7 @@ def test_every_probe_registers_its_options_and_defaults_parse() -> None:
         ("tor", {"n": (2, 3)}, {"n": [2, 3]}),
         ("tor", {"n": [2.0, "3"]}, {"n": [2, 3]}),
         ("toc", {"split": "0.7,0.1,0.2"}, {"split": [0.7, 0.1, 0.2]}),
-        ("toc", {"split": [1, 0, 0]}, {"split": [1.0, 0.0, 0.0]}),
+        ("toc", {"split": [0.8, 0, 0.2]}, {"split": [0.8, 0.0, 0.2]}),
         ("size_claim", {"large": "dining table, cup"}, {"large": ["dining table", "cup"]}),
         ("size_claim", {"large": "yes,no"}, {"large": ["yes", "no"]}),  # list[str] items stay strings
         ("size_claim", {"large": "a"}, {"large": ["a"]}),
@@ -124,6 +124,18 @@ def test_accepted_forms(probe: str, options: dict[str, Any], expected: dict[str,
         ("size_claim", {"large": [1, 2]}, "size_claim.large=[1, 2] is not a valid list[str]"),
         ("size_claim", {"large": None}, "size_claim.large=None is not a valid list[str]"),
         ("toc", {"split": "0.7,0.1,x"}, "toc.split='0.7,0.1,x' is not a valid list[float]"),
+        # in range: checked before any model is built (each would fail late or measure nothing)
+        (
+            "toc",
+            {"split": [1, 0, 0]},
+            "toc.split=[1.0, 0.0, 0.0] is out of range; must be three fractions (train, val, "
+            "test), train and test above 0, summing to at most 1",
+        ),
+        ("toc", {"n": 1}, "toc.n=1 is out of range; must be at least 2"),
+        ("toc", {"positions": [5]}, "toc.positions=[5] is out of range; must be within 1..n=4"),
+        ("tor", {"n": [1, 3]}, "tor.n=[1, 3] is out of range; must be object counts of at least 2"),
+        ("size_claim", {"n": []}, "size_claim.n=[] is out of range; must be object counts of at least 2"),
+        ("size_claim", {"num_captions": 0}, "size_claim.num_captions=0 is out of range; must be at least 1"),
         # ints: not integral, not a number, bools, null where not optional
         ("tor", {"num_captions": 1.5}, "tor.num_captions=1.5 is not a valid int"),
         ("tor", {"num_captions": "1.5"}, "tor.num_captions='1.5' is not a valid int"),

@@ -144,6 +144,8 @@ class ProbeSet:
             UserError: the folder is missing, or is neither format.
         """
         root = Path(path)
+        if root.exists() and not root.is_dir():
+            raise UserError(f"probe set {root} is a file; pass the probe set's folder (the one holding manifest.json)")
         if not root.is_dir():
             raise UserError(f"probe set {root} does not exist; generate one with 'clipprobe data comco --out {root}'")
         if (root / MANIFEST).is_file():

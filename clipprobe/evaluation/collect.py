@@ -80,9 +80,10 @@ def load_records(files: Sequence[Path]) -> list[Record]:
             skipped.append(f)
             continue
         records += iter_records(f)
+    if not records:
+        example = f" (e.g. {skipped[0]} is not one)" if skipped else ""
+        raise UserError(f"none of the {len(files)} result files found holds a clipprobe result record{example}")
     if skipped:
         print(f"clipprobe report: skipped {len(skipped)} file(s) that are not result records, e.g. {skipped[0]}",
               file=sys.stderr)  # fmt: skip
-    if not records:
-        raise UserError(f"none of the {len(files)} result files found holds a clipprobe result record")
     return records

@@ -23,12 +23,14 @@ from clipprobe.errors import UserError
 from clipprobe.evaluation.jobs import (
     Job,
     Plan,
+    ProbeSettings,
     check_options,
     load_probe_sets,
     model_specs,
     plan_jobs,
     resolve_device,
     resolve_probes,
+    run_probe_settings,
     targets,
 )
 
@@ -65,7 +67,10 @@ def evaluate(
             --checkpoints, the architecture of files that do not record it.
         pretrained: pretrained tag (``openai``) or checkpoint file; none = random initialisation.
         models: files of lines ``name pretrained`` (``#`` comments), or such lines themselves (in YAML).
-        checkpoints: glob of checkpoint files (a training progression), evaluated in step order.
+        checkpoints: glob of checkpoint files and export folders, or a training run's folder (a training
+            progression), evaluated in step order, each step once. For a run's folder the probes, probe sets,
+            generation parameters, options, vocabulary and seed default to those of the run's BiasProbeCallback
+            (its config.yaml), so the numbers match the run's probes.jsonl.
         model_index: evaluate only the model at this position (from 0) in the list of all models given
             (--model, --models lines, --checkpoints, in that order); e.g. one task of an array job, with
             $SLURM_ARRAY_TASK_ID (slurm/eval.sbatch).
@@ -96,7 +101,16 @@ def evaluate(
     config["device"] = device = resolve_device(device)
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if num_workers is not None and num_workers < 0:
+        raise UserError(
+            f"--num-workers must be 0 or more, got {num_workers}; leave it out to choose by the number of images"
+        )
     specs = model_specs(model, pretrained, models, checkpoints, model_index, trust_pickle=trust_pickle)
+    asked = ProbeSettings(probes, probe_set, generate, options, vocab, seed)
+    used = run_probe_settings(checkpoints, asked)  # a run's folder: its BiasProbeCallback's settings by default
+    probes, probe_set, generate, options, vocab, seed = (used.probes, used.probe_set, used.generate, used.options,
+                                                         used.vocab, used.seed)  # fmt: skip
+    config.update(probes=probes, probe_set=probe_set, generate=generate, options=options, vocab=vocab, seed=seed)
     chosen = resolve_probes(probes, with_probe_sets=bool(probe_set))
     check_options(dict(options or {}), chosen)
     sets = load_probe_sets(probe_set, generate)

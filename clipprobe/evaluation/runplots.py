@@ -91,6 +91,8 @@ def plot(run_dir: str, out: str | None = None, x: str = "samples_seen", min_coun
     from clipprobe.fileio import check_output_dir
 
     run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise UserError(f"{run_dir} is a file; pass the run folder (the --trainer.default_root_dir of a fit)")
     if not run.is_dir():
         raise UserError(f"run folder {run_dir} does not exist; pass the --trainer.default_root_dir of a fit")
     check_plot_options(x, min_count)
@@ -99,10 +101,14 @@ def plot(run_dir: str, out: str | None = None, x: str = "samples_seen", min_coun
         raise UserError(f"{run} holds neither probes.jsonl nor a metrics.csv; train with the BiasProbeCallback "
                         "and a CSV logger (see configs/fit/tiny-synthetic.yaml)")  # fmt: skip
     records = read_records(probes) if probes.is_file() else []
+    series = read_metrics(metrics) if metrics is not None else {}
+    if not records and not series.get("train/loss"):
+        raise UserError(f"{run} holds no probe records and no train/loss rows in {metrics or 'metrics.csv'}; nothing "
+                        "to plot (is the run still at its first step?)")  # fmt: skip
     dest = check_output_dir(out or run / "plots", overwrite=True)
     dest.mkdir(parents=True, exist_ok=True)
     written = []
-    if metrics is not None and (loss := loss_plot(read_metrics(metrics), dest)) is not None:
+    if series and (loss := loss_plot(series, dest)) is not None:
         written.append(loss)
     if records:
         written += series_plots(records, dest, x, min_count)

@@ -161,10 +161,20 @@ def _check(s: Settings, conditions: list[Condition]) -> None:
         (s.steps >= s.every >= 1, f"need steps >= every >= 1, got steps={s.steps}, every={s.every}"),
         (s.heldout_samples >= s.retrieval_batch >= 2, "need heldout_samples >= retrieval_batch >= 2"),
         (s.plot_n in s.tor_n, f"--plot-n {s.plot_n} must be one of --tor-n {list(s.tor_n)}"),
+        (
+            s.num_samples >= s.batch_size >= 1,
+            f"need num_samples >= batch_size >= 1, got {s.num_samples}, {s.batch_size}",
+        ),
+        (s.probe_scenes >= 1, f"--probe-scenes must be at least 1, got {s.probe_scenes}"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+    from clipprobe.data.corpus import parse_counts
+    from clipprobe.evaluation.runner import asked_options
+
+    parse_counts(s.objects)
+    asked_options("tor", probe_options(s, Path("."))["tor"], s.seed)  # tor_n, tor_captions: before any work
 
 
 def default_work_dir(s: Settings) -> Path:
@@ -272,6 +282,8 @@ def emergence(
                  seed, tuple(tor_n), tor_captions, probe_scenes, retrieval_batch, plot_n, progress)  # fmt: skip
     conds = [parse_condition(c, p_order) for c in conditions]
     _check(s, conds)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}; leave it out for torch's default")
     out_path = check_output_dir(out, overwrite)
     work_path = Path(work) if work else default_work_dir(s)
     probe_set = ensure_probe_set("comco", work_path / "probesets", objects=tuple(tor_n),

@@ -62,6 +62,7 @@ class TorOptions:
         from clipprobe.probes.common import check_option  # fewer than 1 would silently run 1 caption per n
 
         check_option(self, "num_captions", self.num_captions >= 1, "at least 1")
+        check_option(self, "n", self.n is None or all(k >= 2 for k in self.n), "object counts of at least 2")
 
 
 def _captions(opts: TorOptions, vocab: list[str], counts: list[int], seed: int) -> dict[int, list[Caption]]:
@@ -252,6 +253,12 @@ class SizeClaimOptions:
     template: Literal["bare", "article", "a", "long"] = "bare"
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        from clipprobe.probes.common import check_option  # checked before any model is built
+
+        check_option(self, "num_captions", self.num_captions >= 1, "at least 1")
+        check_option(self, "n", bool(self.n) and all(k >= 2 for k in self.n), "object counts of at least 2")
+
 
 def size_claim_captions(opts: SizeClaimOptions, group: str, n: int, seed: int) -> list[Caption]:
     """Captions whose first object comes from ``group`` (``large`` or ``small``)."""
@@ -327,6 +334,11 @@ class TocOptions:
         for name in ("batch_size", "epochs", "per_label"):
             check_option(self, name, getattr(self, name) >= 1, "at least 1")
         check_option(self, "lr", self.lr > 0, "greater than 0")
+        check_option(self, "n", self.n >= 2, "at least 2")
+        check_option(self, "positions", all(1 <= k <= self.n for k in self.positions or []), f"within 1..n={self.n}")
+        check_option(self, "split", len(self.split) == 3 and all(f >= 0 for f in self.split) and 0 < self.split[0]
+                     and 0 < self.split[2] and sum(self.split) <= 1 + 1e-9, "three fractions (train, val, test), "
+                     "train and test above 0, summing to at most 1")  # fmt: skip
 
 
 def toc_sentences(vocab: Sequence[str], n: int, k: int, per_label: int, seed: int) -> list[tuple[int, tuple[str, ...]]]:
