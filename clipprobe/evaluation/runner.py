@@ -119,6 +119,7 @@ def asked_options(probe: str, options: Mapping[str, Any] | None, seed: int) -> d
     Raises:
         UserError: an unknown or ill-typed option.
     """
+    import clipprobe.probes.suite  # noqa: F401  (fills the registries)
     from clipprobe.probes.common import OPTIONS, parse_options
 
     parsed = parse_options(OPTIONS[probe], options or {}, probe)
