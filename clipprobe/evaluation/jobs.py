@@ -9,7 +9,9 @@ options), so two identities never share a file and ``--skip_existing`` reuses on
 
 from __future__ import annotations
 
+import hashlib
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ class ModelSpec:
         model = self.name or self.arch or ""
         if self.is_file:
             path = Path(self.pretrained or "").expanduser().resolve()
-            return {"kind": "file", "path": str(path), "sha256": file_sha256(path)}
+            return {"kind": "file", "path": str(path), "sha256": _weights_sha256(path)}
         if self.pretrained:
             return {"kind": "tag", "tag": self.pretrained}
         if model.startswith("hf-hub:"):
@@ -76,6 +78,17 @@ class Plan:
         for job in self.jobs:
             groups.setdefault(job.spec, []).append(job)
         return groups
+
+
+def _weights_sha256(path: Path) -> str:
+    """SHA-256 of a checkpoint file; of an export folder, over its config's and its weights file's hashes."""
+    from clipprobe.models.load import EXPORT_CONFIG, export_weights_file, is_export_dir
+
+    if not path.is_dir() or not is_export_dir(path):
+        return file_sha256(path)
+    files = [path / EXPORT_CONFIG, export_weights_file(path)]
+    text = "".join(f"{f.name}:{file_sha256(f)}\n" for f in files if f is not None)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _safe(part: str) -> str:
@@ -143,6 +156,8 @@ def model_specs(
     only the ``index``-th of them (from 0) when an index is given (``--model_index``, one array task).
 
     ``--models`` entries are files of lines ``name pretrained`` or such lines themselves (YAML lists).
+    ``--checkpoints`` is a glob of checkpoint files and export folders, or a training run's folder: its series
+    in step order, each step once (:func:`clipprobe.models.load.expand_checkpoints`).
     """
     from clipprobe.models.load import check_source, expand_checkpoints
 
@@ -171,6 +186,110 @@ def model_specs(
         specs = [specs[index]]
     # Check every source before any model is built; files need their architecture for the result names.
     return [ModelSpec(s.name, s.pretrained, check_source(s.name, s.pretrained, trust_pickle)) for s in specs]
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's own probe settings
+
+
+CALLBACK = "clipprobe.training.callbacks.BiasProbeCallback"
+# What BiasProbeCallback uses when its config says null (its __init__; tests/test_exports.py checks they agree).
+CALLBACK_DEFAULTS: dict[str, Any] = {"probes": ["tor", "ior"], "probe_sets": ["comco"], "generate": {}, "options": {},
+                                     "vocab": None, "seed": 0, "cache_dir": None}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What ``clipprobe eval`` runs on each model: probes, probe sets and their generation, options, vocabulary,
+    seed. ``taken`` names the settings read from a training run's ``config.yaml`` (:func:`run_probe_settings`)."""
+
+    probes: list[str] | None = None
+    probe_set: list[str] | None = None
+    generate: dict[str, Any] | None = None
+    options: dict[str, dict[str, Any]] | None = None
+    vocab: str | None = None
+    seed: int = 0
+    taken: tuple[str, ...] = ()
+
+
+def run_folder(checkpoints: str | None) -> Path | None:
+    """The training run ``--checkpoints`` names: a run's folder (with ``config.yaml``), or its ``checkpoints/``
+    folder; None for a glob or anything else."""
+    if not checkpoints:
+        return None
+    from glob import has_magic
+
+    path = Path(checkpoints).expanduser()
+    if has_magic(checkpoints) or not path.is_dir():
+        return None
+    for folder in (path, path.parent):
+        if (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir():
+            return folder
+    return None
+
+
+def run_probe_settings(checkpoints: str | None, asked: ProbeSettings) -> ProbeSettings:
+    """The settings to evaluate a run's checkpoints with: by default those its BiasProbeCallback used, so that an
+    evaluation reproduces the run's own records (``probes.jsonl``); what the user passed wins.
+
+    Read from the run's ``config.yaml`` (``trainer.callbacks``, the first BiasProbeCallback): probes, probe sets
+    (kinds generated into the callback's ``cache_dir`` resolve to that folder), generation parameters, options,
+    vocabulary and seed. ``--probes``, ``--probe_set``, ``--generate``, ``--options`` and ``--vocab`` each
+    override the run's when given; the seed is the run's unless ``--seed`` is other than 0 (the default). Prints
+    one line saying what was taken from the run.
+
+    Args:
+        checkpoints: ``--checkpoints``; only a run's folder has settings to read.
+        asked: the settings as given on the command line.
+
+    Raises:
+        UserError: the run's ``config.yaml`` cannot be read.
+    """
+    run = run_folder(checkpoints)
+    if run is None:
+        return asked
+    import yaml
+
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(
+            f"cannot read {run / 'config.yaml'} ({' '.join(str(e).split())[:200]}); fix or remove it"
+        ) from None
+    callbacks = (config.get("trainer") or {}).get("callbacks") or []
+    found = next((c for c in callbacks if isinstance(c, dict) and c.get("class_path") == CALLBACK), None)
+    if found is None:
+        _say(f"clipprobe: eval: {run} ran no BiasProbeCallback (config.yaml): eval's own defaults apply")
+        return asked
+    init = {k: v for k, v in (found.get("init_args") or {}).items() if v is not None}
+    run_cfg = {**CALLBACK_DEFAULTS, **init}
+    sets = [_cached_set(e, run_cfg["cache_dir"], run_cfg["generate"]) for e in run_cfg["probe_sets"]]
+    mine = {"probes": list(run_cfg["probes"]), "probe_set": sets, "generate": dict(run_cfg["generate"]),
+            "options": {k: dict(v or {}) for k, v in run_cfg["options"].items()}, "vocab": run_cfg["vocab"],
+            "seed": int(run_cfg["seed"])}  # fmt: skip
+    given = {"probes": asked.probes, "probe_set": asked.probe_set, "generate": asked.generate,
+             "options": asked.options, "vocab": asked.vocab, "seed": asked.seed or None}  # fmt: skip
+    taken = tuple(k for k, v in given.items() if v is None and mine[k] not in (None, {}, [], 0))  # eval's defaults
+    used = {k: mine[k] if k in taken else v for k, v in given.items()}
+    if taken:
+        _say(f"clipprobe: eval: {', '.join(taken)} taken from the run's BiasProbeCallback ({run / 'config.yaml'}), as "
+             "its probes.jsonl was made; pass --probes, --probe_set, --generate, --options, --vocab or --seed to "
+             "override")  # fmt: skip
+    return ProbeSettings(used["probes"], used["probe_set"], used["generate"], used["options"], used["vocab"],
+                         int(used["seed"] or 0), taken)  # fmt: skip
+
+
+def _cached_set(entry: str, cache_dir: str | None, generate: dict[str, Any]) -> str:
+    """A probe-set kind the callback generated into its own cache folder: that folder; anything else as is."""
+    if cache_dir is None or entry not in ("comco", "simco") or Path(entry).exists():
+        return entry
+    from clipprobe.data.generate import ensure_probe_set
+
+    return str(ensure_probe_set(entry, cache_dir, **dict(generate)))
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)
 
 
 def resolve_probes(probes: list[str] | None, with_probe_sets: bool) -> dict[str, Any]:

@@ -9,7 +9,11 @@ Sources, all built through open_clip:
   are read from it);
 - a Lightning ``.ckpt`` of clipprobe's ``CLIPModule`` (state dict keys ``model.*``, ``hyper_parameters.model_name``
   and ``checkpoint["clipprobe"]``);
-- a glob of such files (a training progression), see :func:`expand_checkpoints`.
+- an open_clip export folder (``open_clip_config.json`` and weights, built through open_clip's ``local-dir:``
+  schema), such as clipprobe's training exports ``<run>/checkpoints/step=XXXXXXXX/``, whose ``clipprobe.json``
+  records the architecture, step and samples seen (:mod:`clipprobe.models.export`);
+- a glob of such files and folders, or a training run's folder (a training progression), see
+  :func:`expand_checkpoints`.
 
 Everything that cannot be had (unknown name or tag, no network, unreadable file) is a one-line
 :class:`~clipprobe.errors.UserError`.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import glob
+import json
 import logging
 import os
 import pickle
@@ -33,6 +38,7 @@ import re
 import sys
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +55,15 @@ LIST_MODELS_HINT = (
 )
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 CHECKPOINT_SUFFIXES = (*STATE_DICT_SUFFIXES, ".ckpt")
+# An open_clip export folder, as open_clip's ``local-dir:`` schema reads it (open_clip/factory.py).
+EXPORT_CONFIG = "open_clip_config.json"  # {"model_cfg": ..., "preprocess_cfg": ...}
+EXPORT_WEIGHTS = "open_clip_pytorch_model.bin"  # the state dict clipprobe writes
+EXPORT_INFO = "clipprobe.json"  # clipprobe's metadata: arch, step, samples_seen, epoch, run
+# The weights file open_clip picks in a folder, in its order of preference (open_clip.factory._find_checkpoint_in_dir).
+EXPORT_WEIGHT_NAMES = (
+    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
+)  # fmt: skip
 
 
 @dataclass
@@ -131,7 +146,8 @@ def check_source(name: str | None, pretrained: str | None = None, trust_pickle: 
 
     register_configs()
     if pretrained and is_checkpoint_path(pretrained):
-        return _pick_arch(name, read_checkpoint(pretrained, trust_pickle))
+        info = read_checkpoint(pretrained, trust_pickle)
+        return _pick_export_arch(name, info) if info.path.is_dir() else _pick_arch(name, info)
     if not name:
         raise UserError(f"no model architecture given; pass --model NAME ({LIST_MODELS_HINT})")
     arch = check_architecture(name)
@@ -220,6 +236,8 @@ def _load_file(name: str | None, path: Path, device: str | torch.device, trust_p
     import open_clip
 
     info = read_checkpoint(path, trust_pickle)  # refuses an untrusted pickle before open_clip reads the file
+    if path.is_dir():
+        return _load_export_dir(name, info, device, trust_pickle)
     arch = _pick_arch(name, info)
     if info.state_dict is not None:  # Lightning: weights already in memory, prefix stripped
         with _open_clip_errors(arch, None):
@@ -244,6 +262,33 @@ def _pick_arch(name: str | None, info: CheckpointInfo) -> str:
             f"checkpoint {info.path} was trained as {info.arch} but --model says {name}; drop --model or fix it"
         )
     return check_architecture(name or info.arch or "")
+
+
+def _load_export_dir(name: str | None, info: CheckpointInfo, device: str | torch.device,
+                     trust_pickle: bool) -> LoadedModel:  # fmt: skip
+    """An open_clip export folder, built by open_clip itself from the folder (``local-dir:``), as any tool would."""
+    import open_clip
+
+    arch = _pick_export_arch(name, info)
+    source = f"{open_clip.factory.LOCAL_DIR_PREFIX}{info.path.resolve()}"
+    with _open_clip_errors(arch, None), _mismatch_errors(info.path, arch):
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            source, device=device, weights_only=not trust_pickle
+        )
+        tokenizer = open_clip.get_tokenizer(source)
+    return LoadedModel(model, preprocess, tokenizer, arch, str(info.path), info.step, info.samples_seen)
+
+
+def _pick_export_arch(name: str | None, info: CheckpointInfo) -> str:
+    """The architecture label of an export folder: its recorded one, else ``name``, else ``local-dir:<folder>``.
+
+    The folder's own ``open_clip_config.json`` defines the model, so ``name`` is only checked against the record.
+    """
+    if name and info.arch and name.replace("/", "-") != info.arch.replace("/", "-"):
+        raise UserError(
+            f"checkpoint {info.path} was trained as {info.arch} but --model says {name}; drop --model or fix it"
+        )
+    return info.arch or name or f"local-dir:{info.path.resolve()}"
 
 
 @contextlib.contextmanager
@@ -293,6 +338,13 @@ def _load_error(path: Path, error: Exception, trust_pickle: bool) -> UserError:
             f"checkpoint {path} is refused by safe loading ({refused}): full unpickling could run code stored in "
             "it; pass --trust_pickle if you trust this file"
         )
+    detail = _damage(path, error)
+    return UserError(f"checkpoint {path} is truncated or not a torch checkpoint ({detail}); copy it again")
+
+
+def _damage(path: Path, error: Exception) -> str:
+    """A short description of what is wrong with a file that torch.load failed on."""
+    message = str(error)
     detail = message
     if "Weights only load failed" in message:  # torch wraps the unpickler's reason in paragraphs of advice
         m = re.search(r"WeightsUnpickler error:\s*(.+)|(Trying to load unsupported GLOBAL .+)", message)
@@ -304,8 +356,15 @@ def _load_error(path: Path, error: Exception, trust_pickle: bool) -> UserError:
         detail = "the file is empty"
     elif isinstance(error, EOFError) and not detail:
         detail = "the file ends early"
-    detail = detail or type(error).__name__
-    return UserError(f"checkpoint {path} is truncated or not a torch checkpoint ({_clip(detail)}); copy it again")
+    elif "central directory" in detail and _starts_as_zip(path):
+        detail = "the zip archive is cut short: no central directory at its end"
+    return _clip(detail or type(error).__name__)
+
+
+def _starts_as_zip(path: Path) -> bool:
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+    return False
 
 
 def _refusal(message: str) -> str | None:
@@ -374,18 +433,69 @@ _READERS: dict[str, Callable[[Path, bool], CheckpointInfo]] = {
 }
 
 
+def is_export_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an open_clip export folder (it holds ``open_clip_config.json``)."""
+    return (Path(path) / EXPORT_CONFIG).is_file()
+
+
+def export_weights_file(folder: str | os.PathLike) -> Path | None:
+    """The weights file open_clip loads from an export folder (its order of preference), or None."""
+    folder = Path(folder)
+    for name in EXPORT_WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".pth"))
+    found.sort(key=lambda p: p.suffix != ".safetensors")
+    return found[0] if found else None
+
+
+def _info_from_export_dir(path: Path, trust_pickle: bool = False) -> CheckpointInfo:
+    try:
+        config = json.loads((path / EXPORT_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{EXPORT_CONFIG} is not readable JSON: {e}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):
+        raise ValueError(f"{EXPORT_CONFIG} has no 'model_cfg'")
+    weights = export_weights_file(path)
+    if weights is None:
+        raise ValueError(f"no weights file ({', '.join(EXPORT_WEIGHT_NAMES[:3])}, ...) beside {EXPORT_CONFIG}")
+    if weights.suffix != ".safetensors":
+        _torch_load(weights, trust_pickle)  # a damaged or untrusted weights file: the same one-line errors as files
+    meta: Any = {}
+    if (path / EXPORT_INFO).is_file():
+        try:
+            meta = json.loads((path / EXPORT_INFO).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{EXPORT_INFO} is not readable JSON: {e}") from None
+    meta = meta if isinstance(meta, dict) else {}
+    return CheckpointInfo(path, meta.get("arch"), _int(meta.get("step")), _int(meta.get("samples_seen")))
+
+
 def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> CheckpointInfo:
-    """Read what a checkpoint file records (architecture, step, samples seen).
+    """Read what a checkpoint file or export folder records (architecture, step, samples seen).
 
     Args:
-        path: the checkpoint file.
+        path: the checkpoint file, or an open_clip export folder.
         trust_pickle: unpickle it fully (runs code stored in it); by default only weights and plain data load.
 
     Raises:
         UserError: the file is missing, has an unknown suffix, cannot be read, or holds Python objects beyond
-            weights (without ``trust_pickle``).
+            weights (without ``trust_pickle``); the folder is not an open_clip export.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        if not is_export_dir(path):
+            raise UserError(
+                f"checkpoint folder {path} holds no {EXPORT_CONFIG}; pass a checkpoint file or an export folder "
+                "(a run's folder goes to --checkpoints)"
+            )
+        try:
+            return _info_from_export_dir(path, trust_pickle)
+        except UserError:
+            raise
+        except Exception as e:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise UserError(f"export folder {path} is unreadable ({_clip(reason)}); is it a complete export?") from None
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check the path given to --pretrained or --checkpoints")
     reader = _READERS.get(path.suffix.lower())
@@ -408,6 +518,13 @@ def _int(value: Any) -> int | None:
 
 
 _STEP_IN_NAME = re.compile(r"step[=_-]?(\d+)", re.IGNORECASE)
+LAST_STEM = "last"  # ``last.ckpt`` (and the ``last.pt`` of older runs): the newest step checkpoint again
+
+
+def step_in_name(name: str) -> int | None:
+    """The step a checkpoint's name gives (``step=00000100.ckpt``, ``epoch=0-step_100.pt``), or None."""
+    m = _STEP_IN_NAME.search(name)
+    return int(m.group(1)) if m else None
 
 
 def checkpoint_step(path: Path, trust_pickle: bool = False) -> int | None:
@@ -416,32 +533,141 @@ def checkpoint_step(path: Path, trust_pickle: bool = False) -> int | None:
     ``trust_pickle`` is as for :func:`read_checkpoint`.
     """
     step = read_checkpoint(path, trust_pickle).step
-    if step is None and (m := _STEP_IN_NAME.search(path.name)):
-        step = int(m.group(1))
-    return step
+    return step if step is not None else step_in_name(path.name)
 
 
 def expand_checkpoints(pattern: str, trust_pickle: bool = False) -> list[Path]:
-    """The checkpoint files matching a glob (``**`` allowed), ordered by training step, then by name.
+    """The checkpoints of a glob (``**`` allowed) or of a training run's folder, ordered by training step, then by
+    name; each checkpoint once.
+
+    A run's folder (or its ``checkpoints/`` folder) gives every checkpoint file and export folder in it. A file
+    inside an export folder stands for the folder. Within one folder, one checkpoint saved in several forms counts
+    once: ``step=N/`` (export) before ``step=N.pt`` before ``step=N.ckpt``; and ``last.*`` (a copy of the newest
+    step) only when no other checkpoint there has its step.
 
     Args:
-        pattern: the glob.
+        pattern: the glob, or a folder.
         trust_pickle: unpickle the files fully (runs code stored in them); see :func:`load_model`.
 
     Raises:
         UserError: nothing matches, or a match cannot be read (or holds Python objects beyond weights).
     """
-    matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-    paths = [Path(p) for p in matches if p.endswith(CHECKPOINT_SUFFIXES) and os.path.isfile(p)]
-    if not paths:
-        raise UserError(f"no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) match '{pattern}'; check the glob")
+    folder = Path(pattern).expanduser()
+    if folder.is_dir() and not glob.has_magic(pattern):
+        if is_export_dir(folder):
+            return [folder]
+        folder = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
+        paths = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and _is_checkpoint(p)]
+        if not paths:
+            raise UserError(
+                f"no checkpoints ({', '.join(CHECKPOINT_SUFFIXES)} files or export folders) in {folder}; "
+                "is it a training run's folder?"
+            )
+    else:
+        matches = [Path(p) for p in sorted(glob.glob(os.path.expanduser(pattern), recursive=True))]
+        paths = list(dict.fromkeys(_export_of(p) or p for p in matches if _export_of(p) or _is_checkpoint(p)))
+        if not paths:
+            raise UserError(
+                f"no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) or export folders match '{pattern}'; "
+                "check the glob"
+            )
+    paths = _one_per_stem(paths)
     steps = {p: checkpoint_step(p, trust_pickle) for p in paths}
+    paths = _without_repeated_last(paths, steps)
 
     def natural(p: Path) -> list[Any]:
         return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
 
     # Known steps first in step order; files without one after them, in natural name order.
     return sorted(paths, key=lambda p: (steps[p] is None, steps[p] or 0, natural(p)))
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path.is_file() and path.name.endswith(CHECKPOINT_SUFFIXES)) or (path.is_dir() and is_export_dir(path))
+
+
+def _export_of(path: Path) -> Path | None:
+    """The export folder ``path`` is or lies in, or None."""
+    if path.is_dir():
+        return path if is_export_dir(path) else None
+    return path.parent if is_export_dir(path.parent) else None
+
+
+_FORM_ORDER = {"": 0, ".pt": 1, ".pth": 1, ".bin": 1, ".safetensors": 1, ".ckpt": 2}  # export folder first
+
+
+def _one_per_stem(paths: list[Path]) -> list[Path]:
+    """One checkpoint per (folder, name without suffix): the export folder, else the state dict, else the .ckpt."""
+    best: dict[tuple[Path, str], Path] = {}
+    for p in paths:
+        suffix = "" if p.is_dir() else p.suffix.lower()
+        key = (p.parent, p.name if p.is_dir() else p.stem)
+        if key not in best or _FORM_ORDER.get(suffix, 1) < _FORM_ORDER.get(_suffix(best[key]), 1):
+            best[key] = p
+    return [p for p in paths if best[(p.parent, p.name if p.is_dir() else p.stem)] == p]
+
+
+def _suffix(path: Path) -> str:
+    return "" if path.is_dir() else path.suffix.lower()
+
+
+def _without_repeated_last(paths: list[Path], steps: dict[Path, int | None]) -> list[Path]:
+    """Drop ``last.*`` where another checkpoint of its folder has its step (the same weights, saved twice)."""
+    named = {(p.parent, steps[p]) for p in paths if _stem(p) != LAST_STEM and steps[p] is not None}
+    return [p for p in paths if not (_stem(p) == LAST_STEM and (p.parent, steps[p]) in named)]
+
+
+def _stem(path: Path) -> str:
+    return path.name if path.is_dir() else path.stem
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why a checkpoint file cannot be resumed from, or None when it is intact.
+
+    Checks every member of the zip archive against its CRC-32 (torch's loader does not), then unpickles it
+    weights-only on CPU (memory-mapped: the tensors are not read again). A file that safe loading refuses for
+    holding Python objects is not damaged: it counts as intact here.
+
+    Args:
+        path: a torch checkpoint file (``.ckpt``, ``.pt``).
+
+    Returns:
+        A short reason (``the file is empty``, ``the zip archive is cut short: ...``, ``member archive/data/3 fails
+        its CRC-32 check``), or None.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        member = ""
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    member = info.filename
+                    with archive.open(info) as f:
+                        while f.read(1 << 24):
+                            pass
+        except zipfile.BadZipFile as e:
+            if member and "CRC" in str(e):
+                return _clip(f"member {member} fails its CRC-32 check")
+            return _clip(f"member {member} is damaged ({e})" if member else f"not a readable zip archive ({e})")
+        except (OSError, EOFError, zlib.error) as e:
+            return _clip(f"member {member} cannot be read ({e})")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) and _refusal(str(e)):
+            return None  # well formed; it holds objects beyond weights (Lightning decides whether to load them)
+        return _damage(path, e)
+    return None
 
 
 def models(filter: str = "", pretrained: bool = False) -> None:

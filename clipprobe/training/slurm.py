@@ -36,6 +36,7 @@ from typing import Any
 import lightning as L
 
 from clipprobe.errors import UserError
+from clipprobe.models.export import intact_checkpoint, resume_candidates
 
 HPC_NAME = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")  # what Lightning resumes from by itself under SLURM
 _signalled = threading.Event()  # set by the handler; one per process (DataLoader workers get a copy)
@@ -115,10 +116,20 @@ class SlurmRequeue(L.Callback):
         old = hpc_checkpoints(trainer.default_root_dir)
         number = int(HPC_NAME.match(old[-1].name).group(1)) + 1 if old else 1
         path = Path(trainer.default_root_dir) / f"hpc_ckpt_{number}.ckpt"
-        trainer.save_checkpoint(path)  # all ranks (rank 0 writes), then a barrier
-        if trainer.is_global_zero:
-            for stale in old:
-                stale.unlink(missing_ok=True)
+        # Written under a temporary name in the run folder, then renamed: never a cut requeue checkpoint. The name
+        # must not hold "hpc_ckpt_": Lightning takes the digits of any such file name for a requeue checkpoint.
+        partial = path.with_name(f".saving-requeue-{number}.ckpt")
+        try:
+            trainer.save_checkpoint(partial, weights_only=False)  # all ranks (rank 0 writes), then a barrier
+            if trainer.is_global_zero:
+                with open(partial, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(partial, path)
+                for stale in old:
+                    stale.unlink(missing_ok=True)
+        finally:
+            if trainer.is_global_zero:
+                partial.unlink(missing_ok=True)
         self._stop = Requeued(str(path), trainer.global_step)
         _signalled.clear()
 
@@ -161,18 +172,33 @@ def trainer_kwargs(config: Any, fit: bool) -> dict[str, Any]:
 def resume_path(root_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike | None) -> str | None:
     """The ``ckpt_path`` for a SLURM fit given none: ``last.ckpt`` where it should win (module doc, point 3).
 
-    None means: let Lightning decide (the newest requeue checkpoint if any, else a fresh start).
+    The checkpoint chosen is checked first (:func:`clipprobe.models.export.intact_checkpoint`): a damaged one is
+    passed over, with a one-line warning, for the newest intact checkpoint of the run (requeue checkpoints,
+    ``last.ckpt`` and the step checkpoints, newest file first).
+
+    Returns:
+        None to let Lightning decide (an intact newest requeue checkpoint, or a fresh start), else the checkpoint.
+
+    Raises:
+        UserError: no checkpoint of the run is intact.
     """
     if not on_slurm():
         return None
     hpc = hpc_checkpoints(root_dir)
     last = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
-    if last is None or not last.is_file():
-        return None
-    if hpc and hpc[-1].stat().st_mtime >= last.stat().st_mtime:
-        return None
     restarted = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
-    return str(last) if hpc or restarted else None
+    if last is None or not last.is_file():
+        chosen = hpc[-1] if hpc else None  # what Lightning loads by itself
+    elif hpc and hpc[-1].stat().st_mtime >= last.stat().st_mtime:
+        chosen = hpc[-1]
+    else:
+        chosen = last if hpc or restarted else None
+    if chosen is None:
+        return None
+    others = [p for p in [*hpc, *resume_candidates(checkpoint_dir or root_dir)] if p != chosen]
+    others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    found = intact_checkpoint([chosen, *others], root_dir)
+    return None if hpc and found == hpc[-1] else str(found)
 
 
 def job_id() -> str:
