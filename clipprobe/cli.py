@@ -36,8 +36,12 @@ class Command:
 CommandTree = dict[str, "Command | CommandTree"]
 
 COMMANDS: CommandTree = {
-    "fit": Command("clipprobe.training.fit:fit", "Train a CLIP model on webdataset shards (LightningCLI).", lightning=True),
-    "validate": Command("clipprobe.training.fit:validate", "Validation loss of a checkpoint on shards.", lightning=True),
+    "fit": Command(
+        "clipprobe.training.fit:fit", "Train a CLIP model on webdataset shards (LightningCLI).", lightning=True
+    ),
+    "validate": Command(
+        "clipprobe.training.fit:validate", "Validation loss of a checkpoint on shards.", lightning=True
+    ),
     "data": {
         "comco": Command("clipprobe.data.generate:comco", "Generate a ComCO probe set (emoji objects, COCO names)."),
         "simco": Command("clipprobe.data.generate:simco", "Generate a SimCO probe set (18 blue shapes)."),
@@ -48,9 +52,15 @@ COMMANDS: CommandTree = {
         "objects": Command("clipprobe.data.generate:objects", "List the objects a probe-set kind can draw."),
     },
     "models": Command("clipprobe.models.load:models", "List model architectures and pretrained tags."),
-    "eval": Command("clipprobe.evaluation.evaluate:evaluate", "Run probes on models or checkpoints; one results JSON per job."),
-    "report": Command("clipprobe.evaluation.report:report", "Aggregate result records into a CSV, markdown tables and plots."),
-    "plot": Command("clipprobe.evaluation.runplots:plot", "PNG probe curves and loss of a training run (probes.jsonl, metrics.csv)."),
+    "eval": Command(
+        "clipprobe.evaluation.evaluate:evaluate", "Run probes on models or checkpoints; one results JSON per job."
+    ),
+    "report": Command(
+        "clipprobe.evaluation.report:report", "Aggregate result records into a CSV, markdown tables and plots."
+    ),
+    "plot": Command(
+        "clipprobe.evaluation.runplots:plot", "PNG probe curves and loss of a training run (probes.jsonl, metrics.csv)."
+    ),
     "experiment": {
         "emergence": Command(
             "clipprobe.experiments.emergence:emergence", "Train one tiny CLIP per caption order; compare bias curves."

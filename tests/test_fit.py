@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import io
 import os
 import tarfile
@@ -59,14 +60,15 @@ def test_run_folder_checkpoints_and_export(tmp_path: Path, corpus: str) -> None:
                   "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "2")  # fmt: skip
     ckpts = run / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == [
-        "last.ckpt", "last.pt", "step=00000004.ckpt", "step=00000004.pt", "step=00000006.ckpt", "step=00000006.pt",
-    ]  # fmt: skip
+        "last.ckpt", "step=00000000", "step=00000002", "step=00000004", "step=00000004.ckpt", "step=00000006",
+        "step=00000006.ckpt",
+    ]  # fmt: skip  # full checkpoints pruned to the last 2; exports of every step kept (small-laion's keep_exports)
     assert "model_name: clipprobe-tiny" in (run / "config.yaml").read_text()
     assert _column(metrics, "train/samples_seen")[-1] == 48.0 and len(_column(metrics, "train/loss")) >= 1
 
-    exported = torch.load(ckpts / "last.pt", map_location="cpu")
-    assert exported["clipprobe"] == {"arch": "clipprobe-tiny", "step": 6, "samples_seen": 48, "epoch": 0}
-    model, _, preprocess = open_clip.create_model_and_transforms("clipprobe-tiny", pretrained=str(ckpts / "last.pt"))
+    info = json.loads((ckpts / "step=00000006" / "clipprobe.json").read_text())
+    assert (info["arch"], info["step"], info["samples_seen"], info["epoch"]) == ("clipprobe-tiny", 6, 48, 0)
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + str(ckpts / "step=00000006"))
     module = CLIPModule.load_from_checkpoint(ckpts / "last.ckpt", map_location="cpu")
     model.eval(), module.eval()
     images = torch.randn(3, 3, 64, 64)
@@ -197,6 +199,7 @@ B32_AS_WRITTEN = {
     "data.num_workers", "data.resampled", "data.shuffle_buffer", "data.seed", "trainer.strategy",
     "trainer.precision", "trainer.gradient_clip_val", "trainer.log_every_n_steps", "trainer.val_check_interval",
     "trainer.check_val_every_n_epoch", "trainer.logger", "checkpoint.every_n_train_steps", "checkpoint.save_top_k",
+    "checkpoint.keep_exports",
 }  # fmt: skip
 # Also adjusted, without changing the setting: `model.compile: true` compiles with torch.compile's
 # "eager" backend (dynamo traces the model, no code generation): inductor's C++ code generation takes
@@ -270,7 +273,8 @@ class Record(L.Callback):
             "trainer.check_val_every_n_epoch": trainer.check_val_every_n_epoch,
             "trainer.logger": [f"{type(lg).__module__}.{type(lg).__name__}" for lg in trainer.loggers],
             "wandb": [wandb[0]._name, wandb[0]._project, wandb[0].mode] if wandb else None,
-            "checkpoint.every_n_train_steps": ckpt._every_n_train_steps,
+            "checkpoint.every_n_train_steps": ckpt.every_n_train_steps,
+            "checkpoint.keep_exports": ckpt.keep_exports,
             "checkpoint.save_top_k": ckpt.save_top_k,
             "callbacks": [type(c).__name__ for c in trainer.callbacks],
             "global_step": trainer.global_step,
@@ -378,7 +382,9 @@ def test_vit_b32_recipe_runs_its_own_settings(tmp_path: Path, corpus: str) -> No
         for value, algorithm, before, after in record["clips"]:  # clipped to norm 1 at every step
             assert value == 1.0 and algorithm in ("None", "norm") and after <= min(1.0 + 1e-3, before + 1e-6)
     wandb = yaml.safe_load(B32.read_text())["trainer"]["logger"][1]["init_args"]
-    assert ranks[0]["live"]["wandb"] == [wandb["name"], wandb["project"], "offline"]  # mode null: offline
+    name, project, mode = ranks[0]["live"]["wandb"]
+    assert wandb["name"] is None and name.startswith("vit-b32-laion-")  # name null: recipe + start time
+    assert (project, mode) == (wandb["project"], "offline")  # mode null: offline
     # DDP all-reduced the gradients: both ranks step with the very same ones, though their batches differ
     assert ranks[0]["grads"] == ranks[1]["grads"] and len(ranks[0]["grads"]) == 2
 

@@ -133,7 +133,7 @@ def test_resume_path_picks_the_newest_checkpoint(fake_slurm: None, tmp_path: Pat
     ckpts.mkdir()
 
     def touch(path: Path, mtime: int) -> None:
-        path.write_bytes(b"")
+        torch.save({"global_step": 0}, path)  # an intact checkpoint (empty files count as damaged)
         os.utime(path, (mtime, mtime))
 
     last = str(ckpts / "last.ckpt")
@@ -295,7 +295,7 @@ def test_ddp_job_completes_on_two_ranks(ddp_job: tuple[str, Path, Path]) -> None
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in text and "GLOBAL_RANK: 1, MEMBER: 2/2" in text
     last = last_checkpoint(run)
     assert last["global_step"] == 12 and last["clipprobe"]["samples_seen"] == 12 * 8 * 2  # world size 2
-    assert (run / "checkpoints" / "last.pt").is_file() and loss_steps(run) == list(range(12))
+    assert (run / "checkpoints" / "step=00000012").is_dir() and loss_steps(run) == list(range(12))
 
 
 @pytest.mark.slow
@@ -330,7 +330,7 @@ def test_eval_array_writes_one_record_per_model(ddp_job: tuple[str, Path, Path],
                                               tmp_path: Path) -> None:  # fmt: skip
     _, run, _ = ddp_job
     models = tmp_path / "models.txt"
-    models.write_text(f"# name pretrained\nclipprobe-tiny\n\nclipprobe-tiny {run}/checkpoints/last.pt  # DDP run\n"
+    models.write_text(f"# name pretrained\nclipprobe-tiny\n\nclipprobe-tiny {run}/checkpoints/last.ckpt  # DDP run\n"
                       f"clipprobe-tiny {run}/checkpoints/step=00000006.ckpt\n")  # fmt: skip
     out = tmp_path / "results"
     job = sbatch(job_env, tmp_path, "--array=0-2", "--gpus=0", "--cpus-per-task=1", "--time=10",

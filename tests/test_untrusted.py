@@ -191,11 +191,13 @@ def test_own_training_checkpoints_load_weights_only(tmp_path, corpus, weights_on
           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
           "--trainer.logger", "false", "--trainer.callbacks", "clipprobe.training.fit.StepTimer",
           "--trainer.default_root_dir", str(run), "--checkpoint.every_n_train_steps", "2"])  # fmt: skip
-    files = sorted((run / "checkpoints").iterdir())
-    assert {p.suffix for p in files} == {".ckpt", ".pt"}
+    ckpts = run / "checkpoints"
+    files = [ckpts / "step=00000002.ckpt", ckpts / "last.ckpt", ckpts / "step=00000002" / "open_clip_pytorch_model.bin"]
+    assert all(p.is_file() for p in files), sorted(ckpts.rglob("*"))
     weights_only_loads.clear()  # training itself is not under test
     for path in files:
         assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == [], path
+    for path in (files[0], files[1], ckpts / "step=00000002"):
         loaded = load_model(None, str(path))
         assert loaded.name == ARCH and loaded.step == 2 and loaded.samples_seen == 16
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

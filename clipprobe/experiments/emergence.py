@@ -84,8 +84,11 @@ def _corpus(cond: Condition, s: Settings, out: Path, num_samples: int, seed: int
 
 
 def _last_step(run: Path) -> int:
-    last = run / "checkpoints" / "last.pt"
-    return int(torch.load(last, map_location="cpu")["clipprobe"]["step"]) if last.is_file() else 0
+    """The step of the run's newest checkpoint (0 when it has none)."""
+    from clipprobe.models.load import read_checkpoint
+
+    last = run / "checkpoints" / "last.ckpt"
+    return (read_checkpoint(last).step or 0) if last.is_file() else 0
 
 
 def _claim(run: Path, settings: dict[str, Any]) -> None:
@@ -130,7 +133,8 @@ def train(cond: Condition, s: Settings, corpus: Path, heldout: Path, probe_set: 
             "--trainer.enable_progress_bar", str(s.progress).lower(),
             "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run),
             "--trainer.logger.name", "csv", *s.fit_args]  # fmt: skip
-    main(argv + (["--ckpt_path", "last"] if done else []))
+    resume = (run / "checkpoints" / "last.ckpt").is_file()  # a run killed after its step-0 checkpoint resumes too
+    main(argv + (["--ckpt_path", "last"] if resume else []))
 
 
 def parse_condition(spec: str, p_order: float) -> Condition:

@@ -13,6 +13,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from clipprobe.errors import UserError
+
 
 def no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
     """Gains, biases (1-d), the logit scale (0-d) and embeddings (token, positional, class) get no decay."""
@@ -53,6 +55,7 @@ class CLIPModule(L.LightningModule):
                  local_loss: bool = True, gather_with_grad: bool = True, grad_checkpointing: bool = False,
                  compile: bool = False) -> None:  # fmt: skip
         super().__init__()
+        check_hparams(lr, weight_decay, betas, eps, warmup_steps, schedule_steps, min_lr_ratio, logit_scale_max)
         self.save_hyperparameters()
         self.model = create_model(model_name)
         if grad_checkpointing:
@@ -132,6 +135,29 @@ class CLIPModule(L.LightningModule):
         info = checkpoint.get("clipprobe", {})
         self.samples_seen = int(info.get("samples_seen", 0))
         self._skipped = torch.tensor(int(info.get("skipped", 0)))
+
+
+def check_hparams(lr: float, weight_decay: float, betas: tuple[float, float], eps: float, warmup_steps: int,
+                  schedule_steps: int | None, min_lr_ratio: float, logit_scale_max: float) -> None:  # fmt: skip
+    """Refuse hyper-parameters no training can use, naming the option and its valid range.
+
+    Raises:
+        UserError: the first value out of range (NaN is out of every range).
+    """
+    pair = list(betas) if isinstance(betas, (list, tuple)) else [betas]
+    checks = [
+        ("lr", lr, lr > 0, "> 0"),
+        ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+        ("betas", pair, len(pair) == 2 and all(0 <= b < 1 for b in pair), "two values in [0, 1)"),
+        ("eps", eps, eps > 0, "> 0"),
+        ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
+        ("schedule_steps", schedule_steps, schedule_steps is None or schedule_steps >= 1, ">= 1 (or null: max_steps)"),
+        ("min_lr_ratio", min_lr_ratio, 0 <= min_lr_ratio <= 1, "in [0, 1]"),
+        ("logit_scale_max", logit_scale_max, logit_scale_max >= 1, ">= 1"),
+    ]
+    for name, value, ok, valid in checks:
+        if not ok:
+            raise UserError(f"--model.{name} {value} is out of range: it must be {valid}")
 
 
 def create_model(model_name: str) -> torch.nn.Module:
