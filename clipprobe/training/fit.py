@@ -3,8 +3,9 @@
 Recipes are YAML files (``configs/fit/*.yaml``); any option can be overridden on the command line
 (``--trainer.max_steps 200``, ``--data.batch_size 64``). The run folder is
 ``--trainer.default_root_dir``: it receives ``config.yaml`` (the resolved configuration) and
-``checkpoints/`` (``step=XXXXXXXX.ckpt`` every ``--checkpoint.every_n_train_steps`` steps, the
-last ``--checkpoint.save_top_k`` kept, ``last.ckpt``, and an open_clip export ``.pt`` beside each).
+``checkpoints/`` (``step=XXXXXXXX.ckpt`` at step 0 and every ``--checkpoint.every_n_train_steps``
+steps, the last ``--checkpoint.save_top_k`` kept, ``last.ckpt``, and an open_clip ``local-dir:`` export
+folder ``step=XXXXXXXX/`` beside each; :mod:`clipprobe.models.export`).
 Resume with ``--ckpt_path last``.
 
 One run per folder (:mod:`clipprobe.training.runfolder`): a folder that holds another run is refused,

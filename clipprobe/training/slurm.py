@@ -17,8 +17,9 @@
    Lightning loads the newest ``hpc_ckpt_<n>.ckpt``. :func:`resume_path` picks ``last.ckpt`` instead
    when that is newer, or when SLURM itself requeued the job (preemption by SIGTERM, node failure) and
    no requeue checkpoint was written.
-4. A fit that completes removes its requeue checkpoints, so that a later run in the same folder starts
-   afresh, as plain ``clipprobe fit`` does, instead of from a stale one.
+4. A fit that completes removes its requeue checkpoints, so that a stale one is never resumed; a later
+   run in the same folder is then refused like any other (one run per folder,
+   :mod:`clipprobe.training.runfolder`) unless it resumes with ``--ckpt_path last``.
 """
 
 from __future__ import annotations
