@@ -191,7 +191,7 @@ ROWS: list[tuple[list[str], str]] = [
     # data preview
     (["data", "preview", "missing", "--out", "p.png"], "probe set missing does not exist"),
     (["data", "preview", "plain", "--out", "p.png"], "plain is not a probe set"),
-    (["data", "preview", "file.txt", "--out", "p.png"], "probe set file.txt does not exist"),
+    (["data", "preview", "file.txt", "--out", "p.png"], "probe set file.txt is a file"),
     (
         ["data", "preview", "damaged_png", "--out", "p.png", "--scenes", "100"],
         "cannot read image damaged_png/scenes/2obj_equal/00000.png (image file is truncated)",
