@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from clipprobe.cli import main
 
@@ -60,6 +61,11 @@ SWEEP = [  # (argv, part of the one line)
     (["eval", "--model", "clipprobe-tiny", "--pretrained", "missing.pt", "--out", "out"], "does not exist"),
     (["eval", "--model", "clipprobe-tiny", "--pretrained", "empty.pt", "--out", "out"], "truncated or not a torch"),
     (["eval", "--model", "clipprobe-tiny", "--pretrained", "text.pt", "--out", "out"], "truncated or not a torch"),
+    (
+        ["eval", "--model", "clipprobe-tiny", "--pretrained", "list.pt", "--out", "out"],
+        "holds a list, not a state dict",
+    ),
+    (["eval", "--model", "clipprobe-tiny", "--pretrained", "tensor.pt", "--out", "out"], "holds a Tensor, not a state"),
     (["eval", "--checkpoints", "nothing/*.pt", "--out", "out"], "no checkpoint files"),
     (["eval", "--models", "missing.txt", "--out", "out"], "models file missing.txt does not exist"),
     (["eval", "--models", "models3.txt", "--out", "out"], "two words at most"),
@@ -128,6 +134,8 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "afile").write_text("x")
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "text.pt").write_text("hello")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
     (tmp_path / "models3.txt").write_text("a b c\n")
     (tmp_path / "models0.txt").write_text("# nothing\n")
     (tmp_path / "emptyvocab.txt").write_text("\n")

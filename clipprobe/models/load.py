@@ -393,7 +393,10 @@ def _refusal(message: str) -> str | None:
 
 def _info_from_torch(path: Path, trust_pickle: bool = False) -> CheckpointInfo:
     ckpt = _torch_load(path, trust_pickle)
-    meta = ckpt.get("clipprobe") if isinstance(ckpt, dict) else None
+    if not isinstance(ckpt, dict):  # a list, a lone tensor...: checked here, before any model is built
+        raise UserError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state dict (a mapping of weight "
+                        "names to tensors); pass a model's weights file")  # fmt: skip
+    meta = ckpt.get("clipprobe")
     meta = meta if isinstance(meta, dict) else {}
     return CheckpointInfo(path, meta.get("arch"), _int(meta.get("step")), _int(meta.get("samples_seen")))
 
