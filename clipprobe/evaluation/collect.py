@@ -20,6 +20,20 @@ from clipprobe.evaluation.records import Record, iter_records
 
 SUFFIXES = (".jsonl", ".json")
 SCHEMA1_FIELDS = ("metrics", "set", "counts")
+# A run's or a data folder's own files, never results: passed over silently when a folder is searched.
+NOT_RESULTS = {"run.json", "perf.json", "experiment.json", "clipprobe.json", "corpus.json", "manifest.json",
+               "metadata.jsonl", "stats.json", "timing.json", "open_clip_config.json", "captions.jsonl"}  # fmt: skip
+NOT_RESULT_FOLDERS = {"wandb", "checkpoints", "csv"}
+
+
+def _own_file(path: Path, root: Path) -> bool:
+    """Whether a file found under ``root`` is one of a run's or data folder's own files."""
+    parts = path.relative_to(root).parts
+    return (
+        path.name in NOT_RESULTS
+        or path.name.endswith("_stats.json")
+        or any(p in NOT_RESULT_FOLDERS or p.startswith(".") for p in parts[:-1])
+    )
 
 
 def find_result_files(results: Sequence[str] | str) -> list[Path]:
@@ -36,7 +50,8 @@ def find_result_files(results: Sequence[str] | str) -> list[Path]:
         found = []
         for m in matches:
             if m.is_dir():
-                found += sorted(p for suffix in SUFFIXES for p in m.rglob(f"*{suffix}") if p.is_file())
+                found += sorted(p for suffix in SUFFIXES for p in m.rglob(f"*{suffix}")
+                                if p.is_file() and not _own_file(p, m))  # fmt: skip
             elif m.is_file() and (m.suffix in SUFFIXES or m == path):
                 found.append(m)
         if not found:
