@@ -141,7 +141,9 @@ def test_report_command_writes_csv_markdown_and_plots(results: Path, tmp_path: P
     out = tmp_path / "report"
     assert main(["report", str(results), "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "skipped 1 file(s) that are not result records" in captured.err  # notes.json; a set's metadata.jsonl is known
+    assert (
+        "skipped 1 file(s) that are not result records" in captured.err
+    )  # notes.json; a set's metadata.jsonl is known
     table = read_csv(out / "results.csv")
     assert len(table) == 9 * 14  # 9 records of 14 entries (n=4: hit rate, 3 x 4 positions, bias index)
     row = next(r for r in table if r["weights"] == "step_100" and r["family"] == "share" and r["key"] == "1")
