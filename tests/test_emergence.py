@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clipprobe.cli import main
-from clipprobe.data.corpus import CorpusConfig, generate_corpus
+from clipprobe.data.corpus import GENERATOR_VERSION, CorpusConfig, generate_corpus
 from clipprobe.evaluation.records import read_records
 from clipprobe.experiments.emergence import Condition, parse_condition
 
@@ -154,4 +154,18 @@ def test_emergence_end_to_end(tmp_path: Path) -> None:
     assert (work / "runs" / "random" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == mtime  # not retrained
     with pytest.raises(SystemExit) as exc:  # a work folder trained with other settings is not reused
         main([*argv, "--overwrite", "--steps", "12"])
+    assert exc.value.code == 2 and (out / "emergence.png").read_bytes() == before
+
+    # A corpus made by another generator version is regenerated, not reused (clipprobe 0.2's corpora named
+    # hidden objects); a run folder claimed before the generator version was recorded is refused.
+    manifest = work / "corpora" / "random-heldout" / "corpus.json"
+    stale = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**stale, "generator_version": stale["generator_version"] - 1}))
+    main([*argv, "--overwrite"])
+    assert json.loads(manifest.read_text())["generator_version"] == GENERATOR_VERSION
+    assert (out / "emergence.png").read_bytes() == before
+    claim = work / "runs" / "random" / "experiment.json"
+    claim.write_text(json.dumps({k: v for k, v in json.loads(claim.read_text()).items() if k != "corpus_generator"}))
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--overwrite"])
     assert exc.value.code == 2 and (out / "emergence.png").read_bytes() == before

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +74,22 @@ class Settings:
 
 def _corpus(cond: Condition, s: Settings, out: Path, num_samples: int, seed: int) -> Path:
     """Generate (once) the corpus of ``cond``; return its folder."""
-    from clipprobe.data.corpus import CorpusConfig, generate_corpus, parse_counts
+    from clipprobe.data.corpus import GENERATOR_VERSION, CorpusConfig, generate_corpus, parse_counts
 
-    if not (out / "corpus.json").is_file():
-        cfg = CorpusConfig(num_samples, parse_counts(s.objects), cond.order, cond.p_order, 0.0, s.image_size,
-                           1000, seed, 90)  # fmt: skip
-        generate_corpus(cfg, out, overwrite=True, progress=s.progress)
+    cfg = CorpusConfig(num_samples, parse_counts(s.objects), cond.order, cond.p_order, 0.0, s.image_size,
+                       1000, seed, 90)  # fmt: skip
+    if _corpus_made_by(out) != (GENERATOR_VERSION, json.loads(json.dumps(asdict(cfg)))):
+        generate_corpus(cfg, out, overwrite=True, progress=s.progress)  # missing, or made by other settings/code
     return out
+
+
+def _corpus_made_by(out: Path) -> tuple[int, dict[str, Any]] | None:
+    """(generator version, parameters) of the corpus in ``out`` (None when it has no readable manifest)."""
+    try:
+        manifest = json.loads((out / "corpus.json").read_text(encoding="utf-8"))
+        return manifest["generator_version"], manifest["params"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _last_step(run: Path) -> int:
@@ -193,10 +202,12 @@ def default_work_dir(s: Settings) -> Path:
 
 def run_condition(cond: Condition, s: Settings, work: Path, probe_set: Path) -> tuple[list[Any], dict[str, float]]:
     """Corpora and probed training of one condition: its records and the seconds of each part."""
+    from clipprobe.data.corpus import GENERATOR_VERSION
     from clipprobe.evaluation.records import read_records
 
     run = work / "runs" / cond.name
-    _claim(run, {"condition": cond.__dict__, **{k: getattr(s, k) for k in TRAINING}})
+    _claim(run, {"condition": cond.__dict__, "corpus_generator": GENERATOR_VERSION,
+                 **{k: getattr(s, k) for k in TRAINING}})  # fmt: skip
     t0 = time.perf_counter()
     corpus = _corpus(cond, s, work / "corpora" / cond.name, s.num_samples, s.seed)
     heldout = _corpus(cond, s, work / "corpora" / f"{cond.name}-heldout", s.heldout_samples, s.seed + 1)
