@@ -50,6 +50,10 @@ COMMANDS: CommandTree = {
             "clipprobe.data.corpus:corpus", "Synthetic image-caption corpus as webdataset shards (img2dataset layout)."
         ),
         "objects": Command("clipprobe.data.generate:objects", "List the objects a probe-set kind can draw."),
+        "benchset": Command(
+            "clipprobe.data.benchsets:benchset",
+            "Offline zero-shot dataset (CLIP_benchmark wds layout): objects or held-out retrieval.",
+        ),
     },
     "models": Command("clipprobe.models.load:models", "List model architectures and pretrained tags."),
     "eval": Command(

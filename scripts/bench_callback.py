@@ -6,7 +6,8 @@ once per machine. Reported:
 
 - measured share: (wall time with - wall time without) / wall time without, for ``--steps`` steps
   at the recipe's cadence (evaluations at step 0, every N steps, and the end);
-- the callback's own time (``probe/seconds`` summed from ``probes.jsonl``) over the training time;
+- the callback's own time (each record's ``timing.seconds`` summed from ``probes.jsonl``) over the training
+  time, and the standard tasks' part of it (zero-shot classification and retrieval on the offline sets);
 - projected share for the recipe's full ``max_steps``: mean evaluation time x evaluations / (step time x steps).
 
     python scripts/bench_callback.py            # the recipe's 2000 steps, about 10 minutes on 2 cores
@@ -73,6 +74,11 @@ def main() -> None:
     args.steps = args.steps or total
     for kind in cb.get("probe_sets", ["comco"]):
         ensure_probe_set(kind, cb.get("cache_dir"), **cb.get("generate", {}))
+    from clipprobe.data.benchsets import BENCHSETS, ensure_benchset
+
+    for name in cb.get("benchmarks") or []:  # the offline sets, generated once per machine like the probe sets
+        if name in BENCHSETS:
+            ensure_benchset(name, cb.get("cache_dir"), **(cb.get("benchmark_generate") or {}).get(name, {}))
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_callback."))
     shards = make_shards(work / "corpus", args.samples)
     without = work / "no_callback.yaml"  # the recipe's callbacks but the probe one
@@ -83,7 +89,8 @@ def main() -> None:
     t_with = fit(work / "with", shards, args.steps, None)
     records = [json.loads(x) for x in (work / "with" / "probes.jsonl").read_text().splitlines()]
     evals = sorted({r["step"] for r in records})
-    probe_seconds = sum(r["seconds"] for r in records)
+    probe_seconds = sum(r["timing"]["seconds"] for r in records)
+    standard_seconds = sum(r["timing"]["seconds"] for r in records if r["probe"].startswith("zeroshot_"))
     perf = json.loads((work / "without" / "perf.json").read_text())
     step_seconds = recipe["data"]["batch_size"] / perf["samples_per_sec"]
     full_evals = len(range(0, total + 1, every)) + (total % every != 0)
@@ -91,7 +98,8 @@ def main() -> None:
     print(f"tiny recipe, {args.steps} steps, cadence every {every} steps: evaluations at steps {evals}")
     print(f"wall: {t_without:.1f} s without the callback, {t_with:.1f} s with it")
     print(f"measured share: {(t_with - t_without) / t_without:.1%} of training time "
-          f"(callback's own time {probe_seconds:.1f} s = {probe_seconds / t_without:.1%})")  # fmt: skip
+          f"(callback's own time {probe_seconds:.1f} s = {probe_seconds / t_without:.1%}, of which standard tasks "
+          f"{standard_seconds:.1f} s = {standard_seconds / t_without:.1%})")  # fmt: skip
     print(f"mean evaluation {probe_seconds / len(evals):.2f} s, step {step_seconds:.3f} s; projected share over the "
           f"recipe's {total} steps ({full_evals} evaluations): {projected:.1%}")  # fmt: skip
 

@@ -25,6 +25,7 @@ from clipprobe.evaluation.jobs import (
     Plan,
     ProbeSettings,
     check_options,
+    load_benchmarks,
     load_probe_sets,
     model_specs,
     plan_jobs,
@@ -46,6 +47,10 @@ def evaluate(
     generate: dict[str, Any] | None = None,
     vocab: str | None = None,
     options: dict[str, dict[str, Any]] | None = None,
+    benchmarks: list[str] | None = None,
+    dataset_root: str | None = None,
+    benchmark_generate: dict[str, dict[str, Any]] | None = None,
+    split: str = "test",
     out: str = "results",
     skip_existing: bool = False,
     device: str = "auto",
@@ -75,13 +80,24 @@ def evaluate(
             (--model, --models lines, --checkpoints, in that order); e.g. one task of an array job, with
             $SLURM_ARRAY_TASK_ID (slurm/eval.sbatch).
         probes: probe names (default: all that can run; image probes need --probe-set): tor, toc, mitigation,
-            size_claim, ior, i2tor, ioc, itm, attention (docs/PROBES.md).
+            size_claim, ior, i2tor, ioc, itm, attention (docs/PROBES.md); ``[]`` for none (standard tasks only).
         probe_set: probe set folders (own or the study's layout), or ``comco``/``simco`` to generate one
             into the cache ($CLIPPROBE_CACHE); image probes need at least one, text probes none.
         generate: parameters for sets named by kind, as for 'clipprobe data comco' (e.g. image_size: 64).
         vocab: text vocabulary, a name (coco, simco) or a file with one name a line; default: each probe
             set's own, or the study's 90 COCO names.
-        options: per-probe options, e.g. ``{tor: {mode: paper, template: bare}}``.
+        options: per-probe options, e.g. ``{tor: {mode: paper, template: bare}}``; also of the standard tasks,
+            e.g. ``{zeroshot_retrieval: {recall_k: [1, 5]}, zeroshot_classification: {batch_size: 128}}``.
+        benchmarks: standard evaluation beside the probes, through CLIP_benchmark: dataset names, each run with its
+            task (zero-shot classification: acc1, acc5, mean per-class recall; retrieval: image and text recall@k):
+            the offline sets comco-objects, simco-objects (one object per image, one class per object name) and
+            heldout (held-out synthetic captions), generated once into the cache, or any CLIP_benchmark dataset in
+            a local --dataset_root (cifar10, imagenet1k, mscoco_captions, flickr30k, wds/<name>, ...).
+        dataset_root: the local folder of the --benchmarks datasets; ``{dataset}`` is replaced by each name (after
+            ``wds/``), as in CLIP_benchmark. clipprobe never downloads a dataset.
+        benchmark_generate: generation options of the offline sets, by name, as for 'clipprobe data benchset'
+            (e.g. ``{comco-objects: {per_class: 20}, heldout: {num_samples: 2000}}``).
+        split: the datasets' split.
         out: results folder.
         skip_existing: do not rerun a job whose result file holds a record of the same identity (resume a sweep).
         device: auto (cuda when available), cpu, cuda or cuda:N.
@@ -106,18 +122,27 @@ def evaluate(
             f"--num-workers must be 0 or more, got {num_workers}; leave it out to choose by the number of images"
         )
     specs = model_specs(model, pretrained, models, checkpoints, model_index, trust_pickle=trust_pickle)
-    asked = ProbeSettings(probes, probe_set, generate, options, vocab, seed)
+    asked = ProbeSettings(probes, probe_set, generate, options, vocab, seed, (), benchmarks, dataset_root, None,
+                          benchmark_generate)  # fmt: skip
     used = run_probe_settings(checkpoints, asked)  # a run's folder: its BiasProbeCallback's settings by default
     probes, probe_set, generate, options, vocab, seed = (used.probes, used.probe_set, used.generate, used.options,
                                                          used.vocab, used.seed)  # fmt: skip
-    config.update(probes=probes, probe_set=probe_set, generate=generate, options=options, vocab=vocab, seed=seed)
+    benchmarks, dataset_root, benchmark_generate = used.benchmarks, used.dataset_root, used.benchmark_generate
+    config.update(probes=probes, probe_set=probe_set, generate=generate, options=options, vocab=vocab, seed=seed,
+                  benchmarks=benchmarks, dataset_root=dataset_root, benchmark_generate=benchmark_generate)  # fmt: skip
     chosen = resolve_probes(probes, with_probe_sets=bool(probe_set))
     check_options(dict(options or {}), chosen)
+    if not chosen and not benchmarks:
+        raise UserError("nothing to run: --probes is empty and no --benchmarks are given; name probes or datasets")
     sets = load_probe_sets(probe_set, generate)
     needy = [n for n, p in chosen.items() if p.needs_probe_set]
     if needy and not sets:
         raise UserError(f"probe {needy[0]} needs a probe set; pass --probe-set DIR (or comco to generate one)")
     tgts = targets(sets, vocab, image_probes=bool(needy), text_probes=len(needy) < len(chosen))
+    tgts += load_benchmarks(benchmarks, dataset_root, split, used.cache_dir, benchmark_generate)
+    clash = sorted({t.label for t in tgts if t.dataset is not None} & {t.label for t in tgts if t.dataset is None})
+    if clash:
+        raise UserError(f"--benchmarks {clash[0]} has the name of a probe set; rename the probe set's folder")
     plan = plan_jobs(specs, tgts, chosen, Path(out), dict(options or {}), seed)
     return _run(plan, config, skip_existing)
 

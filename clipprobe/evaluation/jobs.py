@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clipprobe.errors import UserError
-from clipprobe.evaluation.runner import Target, asked_options, file_sha256, runs_on
+from clipprobe.evaluation.runner import Target, asked_options, file_sha256, has_vocab_target, runs_on
 
 RESULT_TEMPLATE = "{model}__{weights}__{target}__{probe}__{identity}.jsonl"
 
@@ -195,7 +195,8 @@ def model_specs(
 CALLBACK = "clipprobe.training.callbacks.BiasProbeCallback"
 # What BiasProbeCallback uses when its config says null (its __init__; tests/test_exports.py checks they agree).
 CALLBACK_DEFAULTS: dict[str, Any] = {"probes": ["tor", "ior"], "probe_sets": ["comco"], "generate": {}, "options": {},
-                                     "vocab": None, "seed": 0, "cache_dir": None}  # fmt: skip
+                                     "vocab": None, "seed": 0, "cache_dir": None, "benchmarks": [],
+                                     "dataset_root": None, "benchmark_generate": {}}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,10 @@ class ProbeSettings:
     vocab: str | None = None
     seed: int = 0
     taken: tuple[str, ...] = ()
+    benchmarks: list[str] | None = None
+    dataset_root: str | None = None
+    cache_dir: str | None = None  # where the run's callback generated offline datasets
+    benchmark_generate: dict[str, Any] | None = None
 
 
 def run_folder(checkpoints: str | None) -> Path | None:
@@ -266,9 +271,12 @@ def run_probe_settings(checkpoints: str | None, asked: ProbeSettings) -> ProbeSe
     sets = [_cached_set(e, run_cfg["cache_dir"], run_cfg["generate"]) for e in run_cfg["probe_sets"]]
     mine = {"probes": list(run_cfg["probes"]), "probe_set": sets, "generate": dict(run_cfg["generate"]),
             "options": {k: dict(v or {}) for k, v in run_cfg["options"].items()}, "vocab": run_cfg["vocab"],
-            "seed": int(run_cfg["seed"])}  # fmt: skip
+            "seed": int(run_cfg["seed"]), "benchmarks": list(run_cfg["benchmarks"] or []),
+            "dataset_root": run_cfg["dataset_root"], "benchmark_generate": dict(run_cfg["benchmark_generate"] or {})}  # fmt: skip
     given = {"probes": asked.probes, "probe_set": asked.probe_set, "generate": asked.generate,
-             "options": asked.options, "vocab": asked.vocab, "seed": asked.seed or None}  # fmt: skip
+             "options": asked.options, "vocab": asked.vocab, "seed": asked.seed or None,
+             "benchmarks": asked.benchmarks, "dataset_root": asked.dataset_root,
+             "benchmark_generate": asked.benchmark_generate}  # fmt: skip
     taken = tuple(k for k, v in given.items() if v is None and mine[k] not in (None, {}, [], 0))  # eval's defaults
     used = {k: mine[k] if k in taken else v for k, v in given.items()}
     if taken:
@@ -276,7 +284,8 @@ def run_probe_settings(checkpoints: str | None, asked: ProbeSettings) -> ProbeSe
              "its probes.jsonl was made; pass --probes, --probe_set, --generate, --options, --vocab or --seed to "
              "override")  # fmt: skip
     return ProbeSettings(used["probes"], used["probe_set"], used["generate"], used["options"], used["vocab"],
-                         int(used["seed"] or 0), taken)  # fmt: skip
+                         int(used["seed"] or 0), taken, used["benchmarks"], used["dataset_root"],
+                         run_cfg["cache_dir"] if "benchmarks" in taken else None, used["benchmark_generate"])  # fmt: skip
 
 
 def _cached_set(entry: str, cache_dir: str | None, generate: dict[str, Any]) -> str:
@@ -302,14 +311,38 @@ def resolve_probes(probes: list[str] | None, with_probe_sets: bool) -> dict[str,
     import clipprobe.probes.suite  # noqa: F401  (fills the registry)
     from clipprobe.probes.base import PROBES
 
-    if probes:
+    if probes is not None:  # [] = none (standard tasks only)
         names = list(dict.fromkeys(probes))
     else:
         names = sorted(n for n, p in PROBES.items() if p.by_default and (with_probe_sets or not p.needs_probe_set))
     unknown = [n for n in names if n not in PROBES]
     if unknown:
-        raise UserError(f"unknown probe '{unknown[0]}'; choose from {', '.join(sorted(PROBES))}")
+        bias = sorted(n for n, p in PROBES.items() if not p.needs_dataset)
+        raise UserError(f"unknown probe '{unknown[0]}'; choose from {', '.join(bias)}")
+    tasks = [n for n in names if PROBES[n].needs_dataset]
+    if tasks:
+        raise UserError(f"{tasks[0]} is a standard task, not a probe: name its datasets with --benchmarks (e.g. "
+                        "comco-objects, heldout, cifar10) and leave it out of --probes")  # fmt: skip
     return {n: PROBES[n] for n in names}
+
+
+def load_benchmarks(entries: list[str] | None, dataset_root: str | None, split: str,
+                    cache_dir: str | None = None, generate: dict[str, Any] | None = None) -> list[Target]:  # fmt: skip
+    """One target per dataset of ``--benchmarks``, each checked (name, folder, task) before any model is built.
+
+    Raises:
+        UserError: an unknown dataset, a missing --dataset_root, a folder that does not hold the dataset, a dataset
+            listed twice.
+    """
+    from clipprobe.probes.standard import resolve_benchmark
+
+    out: list[Target] = []
+    for entry in entries or []:
+        bench = resolve_benchmark(entry, dataset_root, split, cache_dir, generate)
+        if any(t.label == bench.label for t in out):
+            raise UserError(f"dataset {entry} is listed twice in --benchmarks; list each once")
+        out.append(Target(bench.label, dataset=bench))
+    return out
 
 
 def check_options(options: dict[str, dict[str, Any]], probes: dict[str, Any]) -> None:
@@ -321,7 +354,7 @@ def check_options(options: dict[str, dict[str, Any]], probes: dict[str, Any]) ->
     """
     from clipprobe.probes.suite import validate_probes
 
-    validate_probes(list(probes), options, has_probe_set=True)
+    validate_probes(list(probes), options, has_probe_set=True, allow_none=True)
 
 
 def load_probe_sets(entries: list[str] | None, generate: dict[str, Any] | None) -> list[Any]:
@@ -367,17 +400,20 @@ def plan_jobs(
     seed: int,
 ) -> Plan:
     """Every (model, target, probe) job with its identity and result path."""
+    import clipprobe.probes.suite  # noqa: F401  (fills the registry)
     from clipprobe.evaluation.records import identity_key
+    from clipprobe.probes.base import PROBES
 
     plan = Plan()
-    has_vocab = any(t.probe_set is None for t in tgts)
+    has_vocab = has_vocab_target(tgts)
+    probes = {**probes, **{t.dataset.task: PROBES[t.dataset.task] for t in tgts if t.dataset is not None}}
     asked = {name: asked_options(name, options.get(name), seed) for name in probes}
     for spec in specs:
         model, weights_label = spec.labels()
         weights = spec.weights(seed)
         for tgt in tgts:
             for name, probe in probes.items():
-                if not runs_on(probe.needs_probe_set, tgt, has_vocab):
+                if not runs_on(name, tgt, has_vocab):
                     continue
                 ps = tgt.describe() or {}
                 identity = {

@@ -27,22 +27,27 @@ from clipprobe.probes.base import Encoder, ProbeContext, ProbeResult
 @dataclass(frozen=True)
 class Target:
     """What probes run against: a probe set (image probes; text probes use its vocabulary unless a
-    vocabulary is given) or a vocabulary alone (text probes).
+    vocabulary is given), a vocabulary alone (text probes), or a dataset (its standard task).
 
     Attributes:
-        label: the name in result files, log keys and reports (``comco``, ``vocab-coco``).
+        label: the name in result files, log keys and reports (``comco``, ``vocab-coco``, ``cifar10``).
         probe_set: the loaded probe set, or None.
         vocab: the text vocabulary (None = the probe set's own, else the study's COCO names).
         vocab_label: a short name of that vocabulary (``coco``, a file's stem).
+        dataset: a :class:`~clipprobe.probes.standard.Benchmark` (zero-shot classification or retrieval through
+            CLIP_benchmark), or None.
     """
 
     label: str
     probe_set: ProbeSet | None = None
     vocab: list[str] | None = None
     vocab_label: str | None = None
+    dataset: Any = None
 
     def describe(self) -> dict[str, Any] | None:
-        """The probe set as recorded: path, manifest hash and the generation settings that matter."""
+        """The probe set (or dataset) as recorded: path, manifest hash and the generation settings that matter."""
+        if self.dataset is not None:
+            return self.dataset.describe()
         ps = self.probe_set
         if ps is None:
             return None
@@ -98,19 +103,33 @@ class ModelInfo:
     run: dict[str, Any] | None = None
 
 
-def runs_on(needs_probe_set: bool, target: Target, has_vocab_target: bool) -> bool:
-    """Image probes run on probe sets; text probes on the vocabulary target, or on each set when there is none."""
-    if needs_probe_set:
+def runs_on(probe: str, target: Target, has_vocab_target: bool) -> bool:
+    """A dataset runs its own standard task only; image probes run on probe sets; text probes on the
+    vocabulary target, or on each set when there is none."""
+    from clipprobe.probes.suite import PROBES
+
+    spec = PROBES[probe]
+    if target.dataset is not None or spec.needs_dataset:
+        return target.dataset is not None and target.dataset.task == probe
+    if spec.needs_probe_set:
         return target.probe_set is not None
     return target.probe_set is None or not has_vocab_target
 
 
-def pairs(targets: Sequence[Target], probes: Sequence[str]) -> list[tuple[Target, str]]:
-    """Every (target, probe) that runs, targets first, probes in the order given."""
-    from clipprobe.probes.suite import PROBES
+def has_vocab_target(targets: Sequence[Target]) -> bool:
+    """Whether one target is a vocabulary alone (text probes then run on it, not on each probe set)."""
+    return any(t.probe_set is None and t.dataset is None for t in targets)
 
-    has_vocab = any(t.probe_set is None for t in targets)
-    return [(t, p) for t in targets for p in probes if runs_on(PROBES[p].needs_probe_set, t, has_vocab)]
+
+def pairs(targets: Sequence[Target], probes: Sequence[str]) -> list[tuple[Target, str]]:
+    """Every (target, probe) that runs, targets first, probes in the order given; a dataset target runs its
+    standard task whether or not it is among ``probes``."""
+    has_vocab = has_vocab_target(targets)
+    out = []
+    for t in targets:
+        names = [t.dataset.task] if t.dataset is not None else probes
+        out += [(t, p) for p in names if runs_on(p, t, has_vocab)]
+    return out
 
 
 def asked_options(probe: str, options: Mapping[str, Any] | None, seed: int) -> dict[str, Any]:
@@ -157,11 +176,17 @@ def run_evaluation(
     if not work:
         return
     options = {k: dict(v or {}) for k, v in (options or {}).items()}
-    validate_probes(list(dict.fromkeys(p for _, p in work)), options)
+    bias = list(dict.fromkeys(p for t, p in work if t.dataset is None))
+    validate_probes(bias, options, allow_none=True)
+    stray = next(((t, p) for t, p in work if (t.dataset is not None) != PROBES[p].needs_dataset
+                  or (t.dataset is not None and t.dataset.task != p)), None)  # fmt: skip
+    if stray is not None:
+        raise ValueError(f"{stray[1]} cannot run on target {stray[0].label}")
     for target, name in work:
         asked = asked_options(name, options.get(name), seed)
         start = time.perf_counter()
-        ctx = ProbeContext(encoder, target.probe_set, target.vocab, dict(options.get(name, {})), seed, progress)
+        ctx = ProbeContext(encoder, target.probe_set, target.vocab, dict(options.get(name, {})), seed, progress,
+                           target.dataset)  # fmt: skip
         result: ProbeResult = PROBES[name].fn(ctx)
         seconds = time.perf_counter() - start
         yield Record(

@@ -53,6 +53,7 @@ class ProbeContext:
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     progress: bool = True
+    dataset: Any = None  # a standard task's dataset (clipprobe.probes.standard.Benchmark)
 
 
 @dataclass(frozen=True)
@@ -175,18 +176,25 @@ class ProbeSpec:
     summary: str
     version: int = 1
     by_default: bool = True  # run when no probes are named (False: it needs options, e.g. a corpus)
+    needs_dataset: bool = False  # a standard task: runs on a CLIP_benchmark dataset, not on a probe set
 
 
 PROBES: dict[str, ProbeSpec] = {}
 
 
 def register(
-    name: str, *, needs_probe_set: bool, summary: str, version: int = 1, by_default: bool = True
+    name: str,
+    *,
+    needs_probe_set: bool,
+    summary: str,
+    version: int = 1,
+    by_default: bool = True,
+    needs_dataset: bool = False,
 ) -> Callable[[ProbeFn], ProbeFn]:
     """Decorator: add a probe to :data:`PROBES` under ``name``."""
 
     def wrap(fn: ProbeFn) -> ProbeFn:
-        PROBES[name] = ProbeSpec(fn, needs_probe_set, summary, version, by_default)
+        PROBES[name] = ProbeSpec(fn, needs_probe_set, summary, version, by_default, needs_dataset)
         return fn
 
     return wrap

@@ -150,6 +150,7 @@ class CachedEncoder:
         self._tokens: dict[str, torch.Tensor] = {}
         self._pixels: dict[str, torch.Tensor] = {}
         self._pixel_bytes = 0
+        self._batches: dict[Hashable, list[Any]] = {}
         self._texts = _EmbeddingCache()
         self._images = _EmbeddingCache()
 
@@ -199,6 +200,45 @@ class CachedEncoder:
             self._images.add(new, rows)
             self.images_encoded += len(new)
         return self._images.get(keys)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, D] L2-normalised float32 on CPU for preprocessed images ``[B, 3, H, W]`` (a loader's batch); the
+        cache key is the pixels' content, so an image met again in this evaluation is not encoded again."""
+        import hashlib
+
+        rows = pixels.detach().cpu().contiguous()
+        keys = [("pixels", hashlib.blake2b(r.numpy().tobytes(), digest_size=16).digest()) for r in rows]
+        new = self._images.missing(keys)
+        if new:
+            at = {k: i for i, k in reversed(list(enumerate(keys)))}  # first row of each key
+            mine = self._share(new)
+            picked = rows[[at[k] for k in mine]] if mine else rows[:0]
+            batches = (picked[lo : lo + self.batch_size] for lo in range(0, len(mine), self.batch_size))
+            out = self._gather(self._run(batches, len(mine), "encode images", self._image_batch))
+            self._images.add(new, out)
+            self.images_encoded += len(new)
+        return self._images.get(keys)
+
+    def keep_batches(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """A loader's batches: ``make()``'s, and with ``keep_inputs`` kept in memory (within the pixel budget)
+        and replayed under ``key`` at the next evaluation instead of decoding the images again."""
+        kept = self._batches.get(key)
+        if kept is not None:
+            yield from kept
+            return
+        keep: list[Any] | None = [] if self.keep_inputs else None
+        size = 0
+        for batch in make():
+            if keep is not None:
+                size += sum(t.numel() * t.element_size() for t in batch if isinstance(t, torch.Tensor))
+                if self._pixel_bytes + size <= self.pixel_budget:
+                    keep.append(batch)
+                else:  # too large to keep: decoded again next time
+                    keep = None
+            yield batch
+        if keep is not None:
+            self._batches[key] = keep
+            self._pixel_bytes += size
 
     def _share(self, new: list) -> list:
         """This rank's contiguous share of the new inputs (all of them in one process)."""

@@ -11,6 +11,11 @@ appends each evaluation's records (:class:`~clipprobe.evaluation.records.Record`
 ``<run>/probes.jsonl`` and logs ``probe/<set>/<probe>/<metric>``, ``probe/seconds`` and
 ``train/samples_seen`` to every logger, at the global step.
 
+Standard evaluation runs beside the probes (``benchmarks``): zero-shot classification and retrieval on
+CLIP_benchmark datasets (:mod:`clipprobe.probes.standard`), on the same schedule or its own
+(``benchmark_every_n_steps``), logged as ``eval/<dataset>/<metric>`` in the same records file. Their
+images are decoded once and kept with the probe images (``pixel_cache_mb``).
+
 Probe sets are generated into the cache once (rank 0 first, the others then find them). Tokenized texts
 and preprocessed images are kept across evaluations; only the embeddings, which change with the
 model, are recomputed.
@@ -62,6 +67,13 @@ class BiasProbeCallback(L.Callback):
         progress: Progress bars while encoding.
         run_info: Added to each record's ``run`` beside the run folder (an experiment's condition and seed).
         source: The records' source: ``callback``, or ``experiment`` when an experiment trains the run.
+        benchmarks: Standard evaluation through CLIP_benchmark: dataset names, each run with its task (zero-shot
+            classification or retrieval): the offline sets ``comco-objects``, ``simco-objects``, ``heldout``
+            (generated once into the cache) or any CLIP_benchmark dataset in ``dataset_root`` (``cifar10``,
+            ``wds/<name>``, ...). Options go in ``options`` under ``zeroshot_classification``/``zeroshot_retrieval``.
+        dataset_root: The local folder of the benchmark datasets (``{dataset}`` is replaced by each name).
+        benchmark_every_n_steps: Optimizer steps between standard evaluations (default: ``every_n_steps``).
+        benchmark_generate: Generation options of the offline sets, by name (``{comco-objects: {per_class: 5}}``).
     """
 
     def __init__(self, probes: list[str] | None = None, probe_sets: list[str] | None = None,
@@ -69,7 +81,11 @@ class BiasProbeCallback(L.Callback):
                  options: dict[str, dict[str, Any]] | None = None, vocab: str | None = None, at_start: bool = True,
                  at_end: bool = True, batch_size: int = 256, seed: int = 0, cache_dir: str | None = None,
                  pixel_cache_mb: float = 2048, filename: str = "probes.jsonl", progress: bool = False,
-                 run_info: dict[str, Any] | None = None, source: str = "callback") -> None:  # fmt: skip
+                 run_info: dict[str, Any] | None = None, source: str = "callback",
+                 benchmarks: list[str] | None = None, dataset_root: str | None = None,
+                 benchmark_every_n_steps: int | None = None,
+                 benchmark_generate: dict[str, dict[str, Any]] | None = None) -> None:  # fmt: skip
+        from clipprobe.probes.standard import check_benchmark
         from clipprobe.probes.suite import validate_probes
 
         self.probes = list(probes if probes is not None else ["tor", "ior"])
@@ -81,8 +97,20 @@ class BiasProbeCallback(L.Callback):
         self.vocab, self.batch_size, self.seed, self.cache_dir = vocab, batch_size, seed, cache_dir
         self.pixel_cache_mb, self.filename, self.progress = pixel_cache_mb, filename, progress
         self.run_info, self.source = dict(run_info or {}), source
+        self.benchmarks, self.dataset_root = list(benchmarks or []), dataset_root
+        self.benchmark_generate = {k: dict(v or {}) for k, v in (benchmark_generate or {}).items()}
+        self.benchmark_every_n_steps = benchmark_every_n_steps or every_n_steps
+        if self.benchmark_every_n_steps < 1:
+            raise UserError("BiasProbeCallback: benchmark_every_n_steps must be at least 1")
         # Checked on every rank alike, before any collective: a bad config fails everywhere at once.
-        validate_probes(self.probes, self.options, has_probe_set=bool(self.probe_sets))
+        validate_probes(self.probes, self.options, has_probe_set=bool(self.probe_sets),
+                        allow_none=bool(self.benchmarks))  # fmt: skip
+        for entry in self.benchmarks:
+            check_benchmark(entry, dataset_root)
+        for entry, params in self.benchmark_generate.items():
+            from clipprobe.data.benchsets import resolve_benchset
+
+            resolve_benchset(entry, **{k: v for k, v in params.items() if k != "progress"})
         self._check_sources()
         self.done: set[int] = set()  # steps evaluated (and written) in this run, restored on resume
         self.history: list[dict[str, Any]] = []  # what this process logged, one entry per evaluation
@@ -134,20 +162,23 @@ class BiasProbeCallback(L.Callback):
         done = self._resume_steps(trainer) if trainer.is_global_zero else None
         self.done = set(trainer.strategy.broadcast(done, src=0))
         step = trainer.global_step
-        if self.at_start and step % self.every_n_steps == 0:
+        if self.at_start and self._due(step):
             self._maybe_evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
         """Evaluate after every ``every_n_steps``-th optimizer step."""
         step = trainer.global_step
-        if not trainer.fast_dev_run and step > 0 and step % self.every_n_steps == 0:
+        if not trainer.fast_dev_run and step > 0 and self._due(step):
             self._maybe_evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The final evaluation (unless the last step was just evaluated)."""
+        """The final evaluation, probes and standard tasks alike (unless the last step was just evaluated)."""
         if self.at_end and not trainer.fast_dev_run:
-            self._maybe_evaluate(trainer, pl_module)
+            self._maybe_evaluate(trainer, pl_module, final=True)
+
+    def _due(self, step: int) -> bool:
+        return step % self.every_n_steps == 0 or (bool(self.benchmarks) and step % self.benchmark_every_n_steps == 0)
 
     def state_dict(self) -> dict[str, Any]:
         """The steps already evaluated, so a resumed run neither repeats nor skips one."""
@@ -160,7 +191,7 @@ class BiasProbeCallback(L.Callback):
 
     # -- evaluation ----------------------------------------------------------------------------
 
-    def _maybe_evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _maybe_evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool = False) -> None:
         """Evaluate the current step unless done; every rank takes part and holds the same records."""
         step = trainer.global_step
         if step in self.done:
@@ -168,7 +199,7 @@ class BiasProbeCallback(L.Callback):
         error: tuple[bool, str] | None = None
         records: list[Record] = []
         try:
-            records = self._run_suite(trainer, pl_module, step)
+            records = self._run_suite(trainer, pl_module, step, final)
         except Exception as exc:  # the same inputs on every rank: errors come on every rank alike
             error = _describe(exc)
         _raise_if(next((e for e in _all_gather(trainer, error) if e is not None), None))
@@ -187,8 +218,8 @@ class BiasProbeCallback(L.Callback):
                     logger.log_probe_records(records, step)
                 logger.save()
 
-    def _run_suite(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> list[Record]:
-        """Every (target, probe) on the live model; modes and random states are left as found."""
+    def _run_suite(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, final: bool) -> list[Record]:
+        """Every (target, probe) due at ``step`` on the live model; modes and random states are left as found."""
         encoder = self._live_encoder(trainer, pl_module)
         samples = getattr(pl_module, "samples_seen", None)
         run_dir = str(Path(trainer.default_root_dir).resolve())
@@ -201,7 +232,10 @@ class BiasProbeCallback(L.Callback):
         with _kept_random_state(), torch.no_grad():
             pl_module.eval()
             try:
-                work = pairs(self._targets or [], self.probes)
+                bias = final or step % self.every_n_steps == 0
+                standard = final or step % self.benchmark_every_n_steps == 0
+                work = [(t, p) for t, p in pairs(self._targets or [], self.probes)
+                        if (standard if t.dataset is not None else bias)]  # fmt: skip
                 return list(run_evaluation(encoder, work, self.options, about, seed=self.seed,
                                            progress=self.progress, source=self.source, counters=encoder.counters))  # fmt: skip
             finally:
@@ -243,9 +277,16 @@ class BiasProbeCallback(L.Callback):
             while label in {t.label for t in targets}:
                 label += "_"
             targets.append(Target(label, ps, words, self._vocab_label()))
-        if not targets:  # text probes only, on the vocabulary
+        if not targets and self.probes:  # text probes only, on the vocabulary
             label = self._vocab_label() or "coco"
             targets.append(Target(f"vocab-{label}", None, words, label))
+        from clipprobe.probes.standard import resolve_benchmark
+
+        for entry in self.benchmarks:
+            bench = resolve_benchmark(entry, self.dataset_root, "test", self.cache_dir, self.benchmark_generate)
+            if bench.label in {t.label for t in targets}:
+                raise UserError(f"benchmark {entry} is listed twice or named like a probe set; list each dataset once")
+            targets.append(Target(bench.label, dataset=bench))
         return targets
 
     def _vocab_label(self) -> str | None:
@@ -272,9 +313,12 @@ class BiasProbeCallback(L.Callback):
 
 
 def log_values(records: Sequence[Record]) -> dict[str, float]:
-    """``probe/<set>/<probe>/<metric>`` for every defined metric, ``probe/seconds`` and ``train/samples_seen``."""
-    values = {f"probe/{r.target}/{r.probe}/{m.name}": float(m.value) for r in records for m in r.metrics
-              if m.value == m.value}  # fmt: skip
+    """``probe/<set>/<probe>/<metric>`` for every defined metric of a probe, ``eval/<dataset>/<metric>`` of a
+    standard task, ``probe/seconds`` and ``train/samples_seen``."""
+    from clipprobe.probes.suite import STANDARD_TASKS
+
+    values = {(f"eval/{r.target}/{m.name}" if r.probe in STANDARD_TASKS else f"probe/{r.target}/{r.probe}/{m.name}"):
+              float(m.value) for r in records for m in r.metrics if m.value == m.value}  # fmt: skip
     values["probe/seconds"] = float(sum(r.timing.get("seconds", 0.0) for r in records))
     if records and records[0].samples_seen is not None:
         values["train/samples_seen"] = float(records[0].samples_seen)
@@ -288,7 +332,10 @@ def headline(records: Sequence[Record]) -> str:
         first = [m for m in r.metrics if m.family == "closest" and m.key in ("1", "large") and m.variant is None]
         shown = " ".join(f"n{m.n}={m.value:.2f}" for m in first if m.value == m.value)
         label = f"closest_{first[0].key}" if first else ""
-        parts.append(f"{r.target}/{r.probe} {label} {shown}".strip())
+        top = [m for m in r.metrics if m.name in ("acc1", "image_retrieval_recall@1", "text_retrieval_recall@1")]
+        if top:
+            label, shown = "", " ".join(f"{m.name}={m.value:.2f}" for m in top if m.value == m.value)
+        parts.append(" ".join(x for x in (f"{r.target}/{r.probe}", label, shown) if x))
     return "; ".join(parts)
 
 

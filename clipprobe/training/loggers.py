@@ -92,11 +92,12 @@ class WandbLogger(LightningWandbLogger):
 
     @property
     def experiment(self) -> Any:
-        """The wandb run; on creation, probe curves get ``train/samples_seen`` as their x axis."""
+        """The wandb run; on creation, probe and standard-evaluation curves get ``train/samples_seen`` as their x axis."""
         run = super().experiment
         if self.wandb_run is None and rank_zero_only.rank == 0 and getattr(run, "define_metric", None):
             run.define_metric("train/samples_seen")
             run.define_metric("probe/*", step_metric="train/samples_seen", step_sync=True)
+            run.define_metric("eval/*", step_metric="train/samples_seen", step_sync=True)
             self.wandb_run = run
         return run
 
