@@ -54,7 +54,9 @@ if __name__ == "__main__":
     data = ShardDataModule(corpus, batch_size=4, num_workers=0, shuffle_buffer=8, num_samples=64)
     # batch_size 1: every input encoded alone, so one process and two encode bit for bit alike
     probe = BiasProbeCallback(["tor", "ior", "itm"], ["comco"], 2, generate=small,
-                              options={"tor": {"num_captions": 40}}, cache_dir=cache, batch_size=1)
+                              options={"tor": {"num_captions": 40}}, cache_dir=cache, batch_size=1,
+                              benchmarks=["comco-objects"],
+                              benchmark_generate={"comco-objects": {"per_class": 2, "image_size": 32}})
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                         max_steps=steps, default_root_dir=run,
                         logger=CSVLogger(run, name="", version=""), callbacks=[probe, Dump()],
@@ -91,11 +93,15 @@ def test_two_process_ddp_agrees_splits_the_work_and_matches_one_process(tmp_path
     assert ranks[0]["history"] == ranks[1]["history"]  # the very same logged values on both ranks
     assert "probe/comco/tor/n2/share_1_all" in ranks[0]["history"][0]["metrics"]
     records = read_records(run / "probes.jsonl")
-    assert [(r.step, r.probe) for r in records] == [(s, p) for s in (0, 2, 4, 5) for p in ("tor", "ior", "itm")]
-    assert [r.samples_seen for r in records[::3]] == [0, 16, 32, 40]  # 4 per rank and step, 2 ranks
-    for r, h in zip(records[::3], ranks[0]["history"], strict=True):
+    probes = ("tor", "ior", "itm", "zeroshot_classification")
+    assert [(r.step, r.probe) for r in records] == [(s, p) for s in (0, 2, 4, 5) for p in probes]
+    assert [r.samples_seen for r in records[::4]] == [0, 16, 32, 40]  # 4 per rank and step, 2 ranks
+    for r, h in zip(records[::4], ranks[0]["history"], strict=True):
         assert h["metrics"]["probe/comco/tor/n2/share_1_all"] == r.metric("n2/share_1_all").value
+    for r, h in zip(records[3::4], ranks[0]["history"], strict=True):
+        assert h["metrics"]["eval/comco-objects/acc1"] == r.metric("acc1").value and r.metric("acc1").count == 138
     assert len(list(cache.glob("comco-*/manifest.json"))) == 1
+    assert len(list(cache.glob("comco-objects-*/clipprobe.json"))) == 1  # made once, by rank 0
 
     # One process on the same model (step 0: the same seeded initialisation) gives the same records,
     # having done all the work that the two ranks shared.
@@ -105,7 +111,7 @@ def test_two_process_ddp_agrees_splits_the_work_and_matches_one_process(tmp_path
         shares = [r["work"][kind] for r in ranks]
         assert all(0 < w < alone[kind] for w in shares) and sum(shares) >= alone[kind], (kind, shares, alone)
     one = {r.probe: r for r in read_records(single / "probes.jsonl") if r.step == 0}
-    for r in records[:3]:
+    for r in records[:4]:
         assert [(m.name, m.count) for m in r.metrics] == [(m.name, m.count) for m in one[r.probe].metrics]
         for a, b in zip(r.metrics, one[r.probe].metrics, strict=True):
             assert (a.value == b.value) or (a.value != a.value and b.value != b.value), (r.probe, a.name)

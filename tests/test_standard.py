@@ -220,3 +220,36 @@ def test_skip_existing_reuses_only_the_same_dataset(tmp_path: Path, capsys: pyte
     assert len(list((tmp_path / "out").glob("*.jsonl"))) == 2
     labels = {json.loads(p.read_text())["probe_set"]["manifest_sha256"] for p in (tmp_path / "out").glob("*.jsonl")}
     assert len(labels) == 2
+
+
+def coco_captions(root: Path) -> Path:
+    """A tiny mscoco_captions folder as CLIP_benchmark reads it: val2014/ images and coco_test_karpathy.json."""
+    (root / "val2014").mkdir(parents=True)
+    images, annotations = [], []
+    for i, rgb in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        Image.new("RGB", (40, 30), rgb).save(root / "val2014" / name)
+        images.append({"id": i, "file_name": name, "width": 40, "height": 30})
+        annotations += [{"id": 10 * i + k, "image_id": i, "caption": f"a {c} picture number {i}"}
+                        for k, c in enumerate(("plain", "flat"))]  # fmt: skip
+    (root / "coco_test_karpathy.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    return root
+
+
+def test_mscoco_captions_from_a_local_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A CLIP_benchmark dataset by its own name (not webdataset): retrieval over 4 images and 8 captions; without
+    its annotation file it is refused (CLIP_benchmark would wget it into the folder) and nothing is written there."""
+    root = coco_captions(tmp_path / "coco")
+    out = tmp_path / "out"
+    main(["eval", "--model", "clipprobe-tiny", "--probes", "[]", "--benchmarks", "mscoco_captions", "--dataset_root",
+          str(root), "--options", "{zeroshot_retrieval: {recall_k: [1, 4]}}", "--device", "cpu", "--progress",
+          "false", "--out", str(out)])  # fmt: skip
+    (record,) = read_records(sorted(out.glob("*.jsonl")))
+    assert record.probe == "zeroshot_retrieval" and record.target == "mscoco_captions"
+    assert record.metric("image_retrieval_recall@4").count == 8 and record.metric("text_retrieval_recall@4").count == 4
+    assert record.metric("image_retrieval_recall@4").value == 1.0  # 4 images: every caption's image is in the top 4
+    (root / "coco_test_karpathy.json").unlink()
+    before = sorted(p.name for p in root.iterdir())
+    err = eval_error(capsys, tmp_path / "out2", "--probes", "[]", "--benchmarks", "mscoco_captions", "--dataset_root",
+                     str(root))  # fmt: skip
+    assert "coco_test_karpathy.json is missing" in err and sorted(p.name for p in root.iterdir()) == before

@@ -130,6 +130,7 @@ def train(cond: Condition, s: Settings, corpus: Path, heldout: Path, probe_set: 
     probes = {"class_path": "clipprobe.training.callbacks.BiasProbeCallback", "init_args": {
         "probes": ["tor", "ior", "retrieval"], "probe_sets": [str(probe_set)], "options": probe_options(s, heldout),
         "every_n_steps": s.every, "seed": s.seed, "progress": False, "source": "experiment",
+        "benchmarks": [],  # the recipe's standard tasks would merge in: the held-out retrieval probe measures skill
         "run_info": {"condition": cond.name, "seed": s.seed}}}  # fmt: skip
     callbacks = [{"class_path": "clipprobe.training.fit.StepTimer"}, probes]
     overlay = run / "experiment-callbacks.yaml"

@@ -113,6 +113,7 @@ def resolve_benchmark(
         from clipprobe.data.benchsets import ensure_benchset
 
         params = dict((generate or {}).get(entry) or {})
+        split = str(params.get("split", split))  # a set generated under another split name is read there
         root = ensure_benchset(entry, cache_dir=cache_dir, **params)
         return _checked(Benchmark(entry, f"wds/{entry}", str(Path(root).resolve()), _wds_task(Path(root)), split))
     name = check_benchmark(entry, dataset_root)
@@ -168,9 +169,26 @@ def _wds_task(root: Path) -> str:
     return "zeroshot_classification"
 
 
+def _download_needed(bench: Benchmark) -> str | None:
+    """The file CLIP_benchmark would fetch with wget for this dataset even with ``download=False`` (its caption
+    sets fetch their annotations and archives whenever they are missing), or None."""
+    root, split = Path(bench.root), bench.split
+    needed: list[Path] = []
+    if bench.name == "mscoco_captions":
+        needed = [root / ("train2014" if split == "train" else "val2014"), root / f"coco_{split}_karpathy.json"]
+    elif bench.name in ("flickr30k", "flickr8k"):
+        needed = [root / f"{bench.name}_{split}_karpathy.txt"]
+    missing = next((p for p in needed if not p.exists()), None)
+    return None if missing is None else missing.name
+
+
 def _checked(bench: Benchmark) -> Benchmark:
     """Open the dataset once without a transform (a missing or incomplete folder fails now, in one line)
     and fill in its fingerprint."""
+    missing = _download_needed(bench)
+    if missing is not None:
+        raise UserError(f"dataset {bench.name}: {missing} is missing from {bench.root} (CLIP_benchmark would download "
+                        "it; clipprobe never does); put it there first")  # fmt: skip
     open_dataset(bench, None)
     return Benchmark(bench.label, bench.name, bench.root, bench.task, bench.split, folder_fingerprint(bench.root))
 
@@ -292,10 +310,10 @@ class _Model:
 @contextlib.contextmanager
 def _bars(progress: bool) -> Iterator[None]:
     """CLIP_benchmark's own tqdm bars, hidden unless progress is asked for, and its known NumPy warning."""
+    import warnings
+
     from clip_benchmark.metrics import zeroshot_classification as zc
     from clip_benchmark.metrics import zeroshot_retrieval as zr
-
-    import warnings
 
     saved = zc.tqdm, zr.tqdm
     with warnings.catch_warnings():  # CLIP_benchmark 1.6's accuracy() converts a 1-element array (NumPy 1.25+ warns)
