@@ -35,7 +35,8 @@ demo: $(STAMP)
 	  --trainer.max_steps $(DEMO_STEPS) --trainer.callbacks.init_args.every_n_steps $(DEMO_EVERY)
 	$(BIN)/clipprobe plot $(DEMO)/run
 	@echo "demo: probe sets in $(DEMO)/probesets (previews $(DEMO)/comco_preview.png, $(DEMO)/simco_preview.png)"
-	@echo "demo: tiny CLIP trained $(DEMO_STEPS) steps in $(DEMO)/run; bias curves and loss: $(DEMO)/run/plots/*.png"
+	@echo "demo: tiny CLIP trained $(DEMO_STEPS) steps in $(DEMO)/run; bias and zero-shot accuracy: $(DEMO)/run/plots/summary.png"
+	@echo "demo: every curve, bias against zero-shot accuracy, the loss: $(DEMO)/run/plots/*.png"
 	@echo "demo: probe records $(DEMO)/run/probes.jsonl; offline W&B run in $(DEMO)/run/wandb (wandb sync to upload)"
 
 test: $(STAMP) system

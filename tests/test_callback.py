@@ -235,7 +235,8 @@ def test_offline_wandb_run_holds_the_probe_history(tmp_path: Path, corpus: str, 
     overlay = tmp_path / "overlay.yaml"
     callback = {"class_path": "clipprobe.training.callbacks.BiasProbeCallback", "init_args": {
         "probes": ["tor", "ior"], "probe_sets": ["comco"], "generate": SMALL, "options": TOR, "every_n_steps": 2,
-        "cache_dir": cache}}  # fmt: skip
+        "cache_dir": cache, "benchmarks": ["comco-objects"], "benchmark_every_n_steps": 4,
+        "benchmark_generate": {"comco-objects": {"per_class": 2, "image_size": 32}}}}  # fmt: skip
     overlay.write_text(json.dumps({"trainer": {"callbacks": [callback]}}))  # JSON is YAML
     run = tmp_path / "run"
     main(["fit", "--config", str(ROOT / "configs/fit/tiny-synthetic.yaml"), "--config", str(overlay),
@@ -258,6 +259,12 @@ def test_offline_wandb_run_holds_the_probe_history(tmp_path: Path, corpus: str, 
     assert [h["train/samples_seen"] for h in probed] == [0, 16, 32]
     logged = [r.metric(key.split("/", 3)[3]).value for r in read_records(run / "probes.jsonl") if r.probe == "tor"]
     assert [h[key] for h in probed] == pytest.approx(logged)
+    assert {"glob_name": "eval/*", "step_metric": "train/samples_seen"}.items() <= {
+        k: v for m in metrics if m.get("glob_name") == "eval/*" for k, v in m.items()}.items()  # fmt: skip
+    zero_shot = [h for h in history if "eval/comco-objects/acc1" in h]  # its own cadence: every 4 steps
+    assert [(h["trainer/global_step"], h["train/samples_seen"]) for h in zero_shot] == [(0, 0), (4, 32)]
+    own = [r.metric("acc1").value for r in read_records(run / "probes.jsonl") if r.probe == "zeroshot_classification"]
+    assert [h["eval/comco-objects/acc1"] for h in zero_shot] == pytest.approx(own)
     tables = [h for h in history if h.get("probe_shares/comco/tor._type") == "table-file"]  # per-position shares
     assert [h["trainer/global_step"] for h in tables] == [0, 2, 4] and any("train/loss" in h for h in history)
     assert (run / "metrics.csv").is_file() and (run / "config.yaml").is_file()
