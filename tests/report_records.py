@@ -55,3 +55,47 @@ def single(name: str, family: str, value: float, count: int, *, n: int | None = 
            variant: str | None = None, chance: float | None = None) -> Metric:  # fmt: skip
     """One share entry with its Wilson interval."""
     return Metric(name, family, value, count, wilson(value * count, count), n, key, variant, chance)
+
+
+def standard_record(task: str = "zeroshot_classification", target: str = "cifar10", *, acc1: float = 0.5,
+                    acc5: float = 0.8, mpcr: float = 0.45, recall: dict[int, float] | None = None, classes: int = 10,
+                    images: int = 1000, texts: int = 5000, model: str = "clipprobe-tiny",
+                    weights: dict[str, Any] | None = None, step: int | None = None, seen: int | None = None,
+                    run: dict[str, Any] | None = None, source: str = "eval") -> Record:  # fmt: skip
+    """A standard evaluation record (CLIP_benchmark's zero-shot classification or retrieval) as ``clipprobe eval``
+    and the training callback write it: ``acc1``, ``acc5`` (from 5 classes), ``mean_per_class_recall`` over
+    ``images``; or ``image_retrieval_recall@k`` (over ``texts``) and ``text_retrieval_recall@k`` (over
+    ``images``) for each k of ``recall`` (k -> value, default {1: 0.3, 5: 0.6})."""
+    recall = {1: 0.3, 5: 0.6} if recall is None else recall
+    nan = float("nan")
+    if task == "zeroshot_classification":
+        metrics = [Metric("acc1", "accuracy", acc1, images, wilson(acc1 * images, images), None, "top1", None,
+                          1 / classes)]  # fmt: skip
+        if classes >= 5:
+            metrics.append(Metric("acc5", "accuracy", acc5, images, wilson(acc5 * images, images), None, "top5", None,
+                                  min(1.0, 5 / classes)))  # fmt: skip
+        metrics.append(Metric("mean_per_class_recall", "mean_per_class_recall", mpcr, images, (nan, nan), None, None,
+                              None, 1 / classes))  # fmt: skip
+    else:
+        metrics = []
+        for k, v in recall.items():
+            metrics.append(Metric(f"image_retrieval_recall@{k}", "image_retrieval_recall", v, texts,
+                                  wilson(v * texts, texts), None, str(k), None, min(1.0, k / images)))  # fmt: skip
+            metrics.append(Metric(f"text_retrieval_recall@{k}", "text_retrieval_recall", v, images,
+                                  wilson(v * images, images), None, str(k), None, min(1.0, k * texts / images / texts)))  # fmt: skip
+    probe_set = {"name": f"wds/{target}", "kind": "benchmark", "task": task, "path": f"/data/{target}",
+                 "manifest_sha256": "cd" * 32}  # fmt: skip
+    return Record(
+        model=model, weights=weights or {"kind": "random", "seed": 0}, probe=task, probe_version=1,
+        options={"batch_size": 64, "recall_k": list(recall), "run_seed": 0}, target=target, metrics=metrics,
+        probe_set=probe_set, step=step, samples_seen=seen, run=run, source=source,
+        timestamp="2026-01-01T00:00:00+00:00",
+    )  # fmt: skip
+
+
+def run_standard_record(run: str, step: int, acc1: float, task: str = "zeroshot_classification",
+                        target: str = "cifar10", **kwargs: Any) -> Record:  # fmt: skip
+    """A training run's standard record at ``step`` (64 samples a step), like :func:`run_record`."""
+    weights = {"kind": "run", "run": run, "step": step}
+    return standard_record(task, target, acc1=acc1, weights=weights, step=step, seen=64 * step, run={"dir": run},
+                           source="callback", **kwargs)  # fmt: skip

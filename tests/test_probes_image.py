@@ -249,6 +249,8 @@ def test_run_evaluation_text_and_image(tmp_path):
         "attention",
         "itm",
         "retrieval",
+        "zeroshot_classification",
+        "zeroshot_retrieval",
     }
 
 

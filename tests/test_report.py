@@ -75,7 +75,8 @@ def test_markdown_groups_by_fields_not_names() -> None:
            single("n3/share_large", "share", 0.6, 5, n=3, key="1"),
            single("n2/bias_index", "hit_rate", 0.9, 50, n=3)]  # fmt: skip
     md = to_markdown([record("tor", odd)], min_count=30)
-    heads = [ln for ln in md.splitlines() if ln.startswith("### ")]
+    section = md[md.index("## tor · comco") :]
+    heads = [ln for ln in section.splitlines() if ln.startswith("### ")]
     assert heads == [
         "### n = 3 · `closest`: nearest among the query's own objects, over all queries (chance 1/n)",
         "### n = 3 · `hit_rate`: per-n summary",
@@ -89,6 +90,9 @@ def test_markdown_groups_by_fields_not_names() -> None:
     )
     share_row = lines[lines.index(heads[2]) + 4]
     assert "60.0 [" in share_row and "n=5 †" in share_row  # a share among 5 hits: counted and marked
+    summary = lines[lines.index("## summary") : lines.index("## tor · comco")]
+    assert "| model | weights | step | samples seen | comco · tor · weird/name |" in summary  # closest, key 1
+    assert any(ln.startswith("| clipprobe-tiny | random |  |  | 80.0 [") for ln in summary)
 
 
 def test_sections_order_series_by_step_and_robust_tables_first(results: Path) -> None:

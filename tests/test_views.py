@@ -80,3 +80,15 @@ def test_final_table_gives_the_last_steps(tmp_path: Path) -> None:
 def test_final_table_without_the_metric(tmp_path: Path) -> None:
     table = final_table(experiment(tmp_path), [PanelSpec("ior", "closest", 4, "large")])
     assert "| size_first |  | – |" in table and "Chance" not in table
+
+
+def test_final_table_of_a_standard_metric(tmp_path: Path) -> None:
+    from report_records import run_standard_record
+
+    recs = [run_standard_record(str(tmp_path / "a"), step, 0.1 + step / 1000) for step in (100, 0)]
+    for r in recs:
+        r.run["condition"] = "random"
+    acc1 = PanelSpec("zeroshot_classification", "accuracy", None, "top1", target="cifar10")
+    table = final_table(recs, [acc1])
+    assert "| random | 6,400 | 20.0 [17.6, 22.6] |" in table  # the last step, in percent like the shares
+    assert "Chance: zeroshot_classification accuracy_top1 = 10.0." in table

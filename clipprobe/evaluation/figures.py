@@ -4,7 +4,12 @@
   series' last point, a bar per key, with Wilson intervals and the study's values;
 - curve figures: per series, (target, probe, variant, family): a panel per n, a line per key against
   samples seen (or step), with Wilson bands;
-- index figures: per series and (target, probe): the bias index and the hit rate, a line per (variant, n).
+- index figures: per series and (target, probe): the bias index and the hit rate, a line per (variant, n);
+- the summary figure of a series with standard records: a panel per bias (target, probe) with its headline
+  (``closest`` of the first or large object) per n, and a ``zero-shot`` panel (top-1 accuracy per
+  classification dataset, recall@1 per retrieval dataset and direction);
+- the bias-against-accuracy figure of a series: the headline bias (y) against zero-shot top-1 accuracy (x),
+  a point per step joined in step order and coloured by samples seen.
 
 Shares among hits resting on fewer than ``min_count`` cases are left out (NaN), so no 100% bar stands on
 one case; chance comes from :attr:`Metric.chance`.
@@ -14,21 +19,27 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from clipprobe.evaluation.records import Record
 from clipprobe.evaluation.structure import (
+    CLASSIFICATION,
     INDEX_FAMILIES,
     Series,
     display_label,
     entries,
+    entry_key,
+    headline_entries,
     is_percent,
+    is_standard,
     is_thin,
     options_label,
+    probe_rank,
     sections,
     series_axis,
     series_of,
+    standard_headline,
     x_value,
 )
 from clipprobe.evaluation.study import study_value
@@ -41,7 +52,8 @@ NAN = math.nan
 class Line:
     """One line of a panel: values and band (``lo``..``hi``) at each x; NaN = no point.
 
-    ``band`` says what the band is: ``wilson`` (95% interval of one run) or ``spread`` (min-max across seeds).
+    ``band`` says what the band is: ``wilson`` (95% interval of one run) or ``spread`` (min-max across seeds);
+    ``chance`` the line's own chance level, drawn when the panel has no common one.
     """
 
     label: str
@@ -50,6 +62,7 @@ class Line:
     lo: list[float]
     hi: list[float]
     band: str = "wilson"
+    chance: float | None = None
 
 
 @dataclass
@@ -70,6 +83,41 @@ class CurveFigure:
     name: tuple[str, ...]
     title: str
     panels: list[Panel]
+
+
+@dataclass
+class Trace:
+    """One path of a :class:`TracePanel`: a point (``xs``, ``ys``) per step in step order, ``progress`` its
+    samples seen (or step); ``chance`` the y chance level."""
+
+    label: str
+    xs: list[float]
+    ys: list[float]
+    progress: list[float]
+    chance: float | None = None
+
+
+@dataclass
+class TracePanel:
+    """One axes of paths: ``xchance`` the x chance level; ``percent`` = both axes proportions (in percent)."""
+
+    title: str
+    traces: list[Trace]
+    xlabel: str
+    ylabel: str
+    xchance: float | None = None
+    percent: bool = True
+
+
+@dataclass
+class TraceFigure:
+    """A grid of :class:`TracePanel` (``columns`` a row), points coloured by ``progress`` (its axis: ``xkey``)."""
+
+    name: tuple[str, ...]
+    title: str
+    panels: list[TracePanel]
+    columns: int
+    xkey: str
 
 
 @dataclass
@@ -257,3 +305,93 @@ def index_figures(records: Sequence[Record], x: str = "samples_seen", min_points
                 title = " · ".join(p for p in (target, probe, opts, "bias index / hit rate") if p)
                 out.append(CurveFigure(("index", target, probe, opts), title, panels))
     return out
+
+
+def _option_groups(records: Sequence[Record], xkey: str,
+                   min_points: int) -> list[tuple[str, str, str, list[tuple[float, Record]]]]:  # fmt: skip
+    """(target, probe, options label, points) of a series per (target, probe[, options]) with at least
+    ``min_points`` points, probes in report order (bias probes, then the standard tasks)."""
+    out = []
+    for (target, probe), option_sets in sorted(_by_options(records).items(), key=lambda kv: (probe_rank(kv[0][1]),
+                                                                                           kv[0][0])):  # fmt: skip
+        for i, members in enumerate(option_sets):
+            pts = _points(members, xkey)
+            if len(pts) >= max(1, min_points):
+                out.append((target, probe, f"opts{i + 1}" if len(option_sets) > 1 else "", pts))
+    return out
+
+
+def _selected(pts: Sequence[tuple[float, Record]], select: Callable[[Record], list[Metric]]) -> dict[
+        tuple[str | None, int | None, str, str | None], str]:  # fmt: skip
+    """The places (:func:`entry_key`) of the entries ``select`` picks at any point, with the first name read; by n
+    (entries without one first), then in the order written."""
+    found: dict[tuple[str | None, int | None, str, str | None], str] = {}
+    for _, r in pts:
+        for m in select(r):
+            found.setdefault(entry_key(m), m.name)
+    return dict(sorted(found.items(), key=lambda kv: -1 if kv[0][1] is None else kv[0][1]))
+
+
+def summary_figure(records: Sequence[Record], x: str = "samples_seen", min_count: int = 30,
+                   min_points: int = 1) -> CurveFigure | None:  # fmt: skip
+    """The summary of ONE series with standard records: a panel per bias (target, probe[, options]) with its
+    headline entries (a line per n), then a ``zero-shot`` panel with each standard record's headline (top-1
+    accuracy, recall@1) per dataset; each line with its own chance level. None without standard lines."""
+    xkey = series_axis(records, x)
+    panels, zero, zero_seen = [], [], []
+    for target, probe, opts, pts in _option_groups(records, xkey, min_points):
+        standard = is_standard(pts[0][1])
+        lines, seen = [], []
+        for where, name in _selected(pts, standard_headline if standard else headline_entries).items():
+            label = " ".join(p for p in (target if standard else "", opts, name) if p)
+            line, ms = _line(label, pts, where, min_count)
+            line.chance = common_chance(ms)
+            lines.append(line)
+            seen += ms
+        if standard:
+            zero += lines
+            zero_seen += seen
+        elif lines:
+            percent = all(is_percent(m.family) for m in seen)
+            panels.append(Panel(" · ".join(p for p in (target, probe, opts) if p), lines, xkey, percent,
+                                common_chance(seen)))  # fmt: skip
+    if not zero:
+        return None
+    panels.append(
+        Panel("zero-shot", zero, xkey, all(is_percent(m.family) for m in zero_seen), common_chance(zero_seen))
+    )
+    return CurveFigure(("summary",), "headline bias and zero-shot evaluation", panels)
+
+
+def bias_accuracy_figure(records: Sequence[Record], x: str = "samples_seen", min_points: int = 1) -> TraceFigure | None:
+    """Headline bias against zero-shot top-1 accuracy of ONE series: a panel per (classification dataset, bias
+    (target, probe)), a path per headline entry (n) through the steps where both were measured, in step
+    order; points carry their samples seen (or step). None when the series lacks either."""
+    xkey = series_axis(records, x)
+    groups = _option_groups(records, xkey, 1)
+    axes, biases = [], []
+    for target, probe, opts, pts in groups:
+        if probe == CLASSIFICATION:
+            for where, name in _selected(pts, standard_headline).items():
+                at = {pos: m for pos, r in pts if (m := entries(r).get(where)) is not None}
+                axes.append((" ".join(p for p in (target, opts, name, "(zero-shot)") if p), at))
+        elif not is_standard(pts[0][1]) and (wheres := _selected(pts, headline_entries)):
+            biases.append((" · ".join(p for p in (target, probe, opts) if p), pts, wheres))
+    panels = []
+    for xlabel, accuracy in axes:
+        for title, pts, wheres in biases:
+            traces = []
+            for where, name in wheres.items():
+                pairs = [(accuracy[pos], m, pos) for pos, r in pts
+                         if pos in accuracy and (m := entries(r).get(where)) is not None
+                         and math.isfinite(accuracy[pos].value) and math.isfinite(m.value)]  # fmt: skip
+                if len(pairs) >= max(1, min_points):
+                    traces.append(Trace(name, [a.value for a, _, _ in pairs], [m.value for _, m, _ in pairs],
+                                        [pos for _, _, pos in pairs], common_chance([m for _, m, _ in pairs])))  # fmt: skip
+            if traces:
+                xchance = common_chance(list(accuracy.values()))
+                panels.append(TracePanel(title, traces, xlabel, "headline bias (closest)", xchance))
+    if not panels:
+        return None
+    columns = min(len(panels), len(biases))
+    return TraceFigure(("bias_vs_accuracy",), "headline bias against zero-shot top-1 accuracy", panels, columns, xkey)

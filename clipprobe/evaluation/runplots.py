@@ -8,7 +8,12 @@ loggers.CSVLogger`, or any Lightning CSVLogger below the run folder); W&B is not
 - ``loss.png``: training loss (and validation loss, logit scale when logged) against the step;
 - ``curves__<target>__<probe>[__<variant>]__<family>.png``: each key's value against samples seen, a panel
   per n, Wilson 95% bands, chance dashed (shares among hits on fewer than ``min_count`` cases left out);
-- ``index__<target>__<probe>.png``: the bias index and the hit rate, a line per (variant, n).
+- ``index__<target>__<probe>.png``: the bias index and the hit rate, a line per (variant, n);
+- with standard evaluation records (zero-shot classification or retrieval, :data:`clipprobe.evaluation.structure.
+  STANDARD_TASKS`) in ``probes.jsonl``: ``summary.png``, the headline bias of each probe (``closest`` of the first
+  or large object, a line per n) next to a ``zero-shot`` panel (top-1 accuracy per classification dataset,
+  recall@1 per retrieval dataset and direction), each line with its chance dashed; and ``bias_vs_accuracy.png``,
+  the headline bias against zero-shot top-1 accuracy, a point per evaluation coloured by samples seen.
 """
 
 from __future__ import annotations
@@ -72,7 +77,10 @@ def loss_plot(metrics: dict[str, list[tuple[int, float]]], out: Path) -> Path | 
 
 
 def plot(run_dir: str, out: str | None = None, x: str = "samples_seen", min_count: int = 30) -> list[Path]:
-    """Write PNGs of a run's probe curves (from probes.jsonl) and loss (from metrics.csv); no W&B needed.
+    """Write PNGs of a run's probe curves and zero-shot evaluation (from probes.jsonl) and loss (from metrics.csv).
+
+    No W&B needed. With zero-shot records in probes.jsonl, ``summary.png`` shows the headline bias next to a
+    zero-shot panel, and ``bias_vs_accuracy.png`` the headline bias against zero-shot top-1 accuracy.
 
     Args:
         run_dir: The run folder (``--trainer.default_root_dir`` of ``clipprobe fit``).

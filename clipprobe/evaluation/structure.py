@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipprobe.errors import UserError
@@ -18,11 +18,23 @@ from clipprobe.evaluation.records import Record
 from clipprobe.probes.base import Metric
 
 PROBE_ORDER = ("tor", "toc", "mitigation", "size_claim", "ior", "i2tor", "ioc", "attention", "itm")
+# Standard evaluation (CLIP_benchmark's zero-shot tasks): records like the probes', after every bias probe.
+CLASSIFICATION = "zeroshot_classification"
+STANDARD_TASKS = (CLASSIFICATION, "zeroshot_retrieval")
 # Robust families first (counted over every query), shares among hits ("share") last.
-FAMILY_ORDER = ("closest", "bias_index", "hit_rate", "share_all", "accuracy", "preference", "tie_rate", "mean",
-                "ratio", "share")  # fmt: skip
+FAMILY_ORDER = ("closest", "bias_index", "hit_rate", "share_all", "accuracy", "mean_per_class_recall", "recall",
+                "image_retrieval_recall", "text_retrieval_recall", "preference", "tie_rate", "mean", "ratio",
+                "share")  # fmt: skip
 # Families whose values are proportions in [0, 1]: shown in percent.
-PERCENT_FAMILIES = frozenset({"share", "share_all", "closest", "hit_rate", "accuracy", "preference", "tie_rate"})
+PERCENT_FAMILIES = frozenset({"share", "share_all", "closest", "hit_rate", "accuracy", "preference", "tie_rate",
+                              "mean_per_class_recall", "recall", "image_retrieval_recall",
+                              "text_retrieval_recall"})  # fmt: skip
+# A bias probe's headline: the robust "closest" share of the first position (tor) or the large object (ior,
+# i2tor), without a variant, one per n.
+HEADLINE_FAMILY = "closest"
+HEADLINE_KEYS = ("1", "large")
+# A standard task's headline: top-1 accuracy (classification), recall@1 (retrieval, both directions).
+STANDARD_HEADLINE_KEYS = ("top1", "1")
 # Families drawn in the "bias index / hit rate" view instead of the curve figures.
 INDEX_FAMILIES = ("bias_index", "hit_rate")
 X_AXES = ("samples_seen", "step")
@@ -80,6 +92,45 @@ class Series:
         return Path(self.folder).name or self.folder
 
 
+@dataclass(frozen=True)
+class SummaryColumn:
+    """A column of the summary: the entry at (variant, n, family, key) of the records of one (probe, target), of
+    their ``options``-th option set (0 when a table has one set of that probe and target)."""
+
+    probe: str
+    target: str
+    options: int
+    variant: str | None
+    n: int | None
+    family: str
+    key: str | None
+    title: str = field(default="", compare=False)
+
+
+@dataclass
+class SummaryTable:
+    """The summary of one series (a row per step) or of the standalone models (``series`` None, a row per
+    model and weights): each row's records, and the columns in display order."""
+
+    series: Series | None
+    rows: list[list[Record]]
+    columns: list[SummaryColumn]
+    option_sets: dict[tuple[str, str], list[str]]
+
+    def option(self, r: Record) -> int:
+        """The record's option set among its (probe, target)'s in this table: 1, 2, ..., or 0 when there is one."""
+        sets = self.option_sets[(r.probe, r.target)]
+        return sets.index(options_label(r)) + 1 if len(sets) > 1 else 0
+
+    def cell(self, row: Sequence[Record], column: SummaryColumn) -> Metric | None:
+        """The row's entry of a column (of the last record that has it), or None."""
+        found = None
+        for r in row:
+            if (r.probe, r.target) == (column.probe, column.target) and self.option(r) == column.options:
+                found = entries(r).get((column.variant, column.n, column.family, column.key), found)
+        return found
+
+
 def table_key(m: Metric) -> TableKey:
     """The table an entry belongs to."""
     return TableKey(m.variant, m.n, m.family if m.key is not None else None)
@@ -108,6 +159,37 @@ def is_thin(m: Metric, min_count: int) -> bool:
 def finite(v: float | None) -> bool:
     """A number, neither None, NaN nor infinite."""
     return v is not None and math.isfinite(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Headlines: what the summary table and figures show
+
+
+def is_standard(r: Record) -> bool:
+    """A standard evaluation (:data:`STANDARD_TASKS`: zero-shot classification or retrieval), not a bias probe."""
+    return r.probe in STANDARD_TASKS
+
+
+def is_headline(m: Metric) -> bool:
+    """A bias probe's headline entry (:data:`HEADLINE_FAMILY` with a key in :data:`HEADLINE_KEYS`, no variant):
+    tor's ``closest_1`` and ior's ``closest_large`` at each n."""
+    return m.family == HEADLINE_FAMILY and m.key in HEADLINE_KEYS and m.variant is None
+
+
+def headline_entries(r: Record) -> list[Metric]:
+    """A bias record's headline entries (none for a standard record), in the order written."""
+    return [] if is_standard(r) else [m for m in r.metrics if is_headline(m)]
+
+
+def standard_headline(r: Record) -> list[Metric]:
+    """A standard record's headline entries (keys in :data:`STANDARD_HEADLINE_KEYS`: ``acc1``, the recalls@1);
+    none for a bias record."""
+    return [m for m in r.metrics if m.key in STANDARD_HEADLINE_KEYS] if is_standard(r) else []
+
+
+def summary_entries(r: Record) -> list[Metric]:
+    """What a record gives the summary: every entry of a standard task, the headline of a bias probe."""
+    return list(r.metrics) if is_standard(r) else headline_entries(r)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,9 +301,11 @@ def order_records(records: Sequence[Record]) -> list[Record]:
     return sorted(kept, key=record_order)
 
 
-def probe_rank(probe: str) -> tuple[int, str]:
-    """Position of a probe in :data:`PROBE_ORDER` (others after, by name)."""
-    return (PROBE_ORDER.index(probe) if probe in PROBE_ORDER else len(PROBE_ORDER), probe)
+def probe_rank(probe: str) -> tuple[int, int, str]:
+    """Position of a probe: :data:`PROBE_ORDER`, then other probes by name, then :data:`STANDARD_TASKS`."""
+    if probe in STANDARD_TASKS:
+        return (2, STANDARD_TASKS.index(probe), probe)
+    return (0, PROBE_ORDER.index(probe), probe) if probe in PROBE_ORDER else (1, 0, probe)
 
 
 def family_rank(family: str | None) -> tuple[int, str]:
@@ -234,7 +318,9 @@ def sections(records: Sequence[Record]) -> list[Section]:
     """Records (in report order) grouped by (probe, target), with their tables in display order.
 
     Tables: robust ones first, then by variant (no variant first, then in the order written), n and
-    family. Columns: in the order the probe wrote them (first record first).
+    family (a keyless table by its first family: tor's ``bias_index``, zero-shot classification's
+    ``mean_per_class_recall`` after its ``accuracy``). Columns: in the order the probe wrote them (first
+    record first).
     """
     found: dict[tuple[str, str], Section] = {}
     variants: dict[str | None, int] = {None: -1}
@@ -247,8 +333,55 @@ def sections(records: Sequence[Record]) -> list[Section]:
             for m in r.metrics:
                 variants.setdefault(m.variant, len(variants))
                 tables.setdefault(table_key(m), {})[Column(m.family, m.key)] = None
-        order = sorted(
-            tables, key=lambda t: (not t.robust, variants[t.variant], _none_last(t.n), family_rank(t.family))
-        )
+        order = sorted(tables, key=lambda t: (not t.robust, variants[t.variant], _none_last(t.n),
+                                              min(family_rank(t.family or c.family) for c in tables[t])))  # fmt: skip
         sec.tables = [(t, list(tables[t])) for t in order]
     return [found[k] for k in sorted(found, key=lambda k: (probe_rank(k[0]), k[1]))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def _option_sets(records: Iterable[Record]) -> dict[tuple[str, str], list[str]]:
+    """(probe, target) -> its option sets (:func:`options_label`), in the order first read."""
+    sets: dict[tuple[str, str], dict[str, None]] = {}
+    for r in records:
+        sets.setdefault((r.probe, r.target), {})[options_label(r)] = None
+    return {k: list(v) for k, v in sets.items()}
+
+
+def _row_key(r: Record) -> tuple[object, ...]:
+    """What a summary row stands for: one model, weights (run, condition, seed) and training point."""
+    weights = json.dumps(r.weights, sort_keys=True, default=str)
+    return (r.model, weights, run_dir(r), condition(r), seed(r), r.step, r.samples_seen)
+
+
+def summary_tables(records: Sequence[Record]) -> list[SummaryTable]:
+    """The summary of records in report order: a table for the standalone models, then one per series.
+
+    Rows: the records of one model, weights and step (:func:`summary_entries` of each: bias headlines and
+    standard metrics). Columns: the bias headlines (probes in :func:`probe_rank` order, then target, n), then
+    the standard metrics per dataset (families in :data:`FAMILY_ORDER`, keys as written); a (probe, target)
+    with several option sets in one table gets a column per set.
+    """
+    groups: dict[Series | None, dict[tuple[object, ...], list[Record]]] = {}
+    for r in records:
+        if summary_entries(r):
+            groups.setdefault(series_of(r), {}).setdefault(_row_key(r), []).append(r)
+    tables = []
+    for s in sorted(groups, key=lambda s: s is not None):  # standalone models first, then series as read
+        rows = list(groups[s].values())
+        table = SummaryTable(s, rows, [], _option_sets(r for row in rows for r in row))
+        seen: dict[SummaryColumn, int] = {}
+        for r in (r for row in rows for r in row):
+            opt = table.option(r)
+            for m in summary_entries(r):
+                where = [r.target] if is_standard(r) else [r.target, r.probe]
+                title = " · ".join([*where, m.name]) + (f" (opts{opt})" if opt else "")
+                seen.setdefault(SummaryColumn(r.probe, r.target, opt, m.variant, m.n, m.family, m.key, title),
+                                len(seen))  # fmt: skip
+        table.columns = sorted(seen, key=lambda c: (probe_rank(c.probe), c.target, c.options, c.variant is not None,
+                                                    c.variant or "", _none_last(c.n), family_rank(c.family), seen[c]))  # fmt: skip
+        tables.append(table)
+    return tables

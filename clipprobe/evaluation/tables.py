@@ -21,6 +21,7 @@ from clipprobe.evaluation.structure import (
     run_dir,
     sections,
     seed,
+    summary_tables,
     weights_label,
 )
 from clipprobe.evaluation.study import STUDY, study_value
@@ -35,6 +36,9 @@ FAMILY_TITLES = {
     "share": "top-1 among hits, the study's tables (n = the hits it rests on)",
     "share_all": "top-1 over all queries",
     "accuracy": "accuracy",
+    "recall": "image-to-caption recall@k within batches (key = k)",
+    "image_retrieval_recall": "zero-shot text-to-image retrieval: the caption's image among the k nearest (key = k)",
+    "text_retrieval_recall": "zero-shot image-to-text retrieval: a caption of the image among the k nearest (key = k)",
     "mean": "mean",
     "ratio": "ratio",
     None: "per-n summary",
@@ -128,14 +132,51 @@ def table_title(table: TableKey, columns: Sequence[Column]) -> str:
     """``n = 3 · `closest`: ...``: where the table sits (variant, n) and what it measures."""
     where = [p for p in (table.variant, None if table.n is None else f"n = {table.n}") if p]
     if table.family is None:
-        what = ", ".join(f"`{c.family}`" for c in columns) + f": {FAMILY_TITLES[None]}"
+        what = ", ".join(f"`{c.family}`" for c in columns) + (f": {FAMILY_TITLES[None]}" if table.n is not None else "")
     else:
         what = f"`{table.family}`: " + FAMILY_TITLES.get(table.family, "by position or role")
     return " · ".join([*where, what])
 
 
+def summary_lines(records: Sequence[Record], min_count: int = 30) -> list[str]:
+    """The summary section: bias headlines next to the standard metrics, a table for the standalone models (a row
+    per model and weights) and one per series (a row per step), a ``chance`` row beneath; none without entries."""
+    tables = summary_tables(records)
+    if not tables:
+        return []
+    lines = [
+        "",
+        "## summary",
+        "",
+        "Headline bias: the `closest` share (over all queries) of the first-mentioned object (tor) and of the "
+        "large object (ior, i2tor) at each n, chance 1/n; then the standard zero-shot evaluation per dataset "
+        "(classification: `acc1`, `acc5`, `mean_per_class_recall`; retrieval: `image_retrieval_recall@k` "
+        "text-to-image, `text_retrieval_recall@k` image-to-text). The tables per probe follow.",
+    ]
+    for table in tables:
+        s = table.series
+        title = "models" if s is None else f"series `{s.label}` · {s.model} ({s.source})"
+        heads = [c.title for c in table.columns]
+        lines += ["", f"### {title}", "", "| model | weights | step | samples seen | " + " | ".join(heads) + " |",
+                  "|---" * (len(heads) + 4) + "|"]  # fmt: skip
+        chance: list[list[float]] = [[] for _ in table.columns]
+        for row in table.rows:
+            cells = []
+            for i, column in enumerate(table.columns):
+                m = table.cell(row, column)
+                cells.append("–" if m is None else fmt_cell(m, min_count))
+                chance[i] += [] if m is None or m.chance is None else [m.chance]
+            lines.append("| " + " | ".join(_row_label(row[0]) + cells) + " |")
+        if any(chance):
+            levels = [fmt_number(c[0], col.family) if len(set(c)) == 1 else "" for c, col in
+                      zip(chance, table.columns, strict=True)]  # fmt: skip
+            lines.append("| *chance* | | | | " + " | ".join(levels) + " |")
+    return lines
+
+
 def to_markdown(records: Sequence[Record], min_count: int = 30) -> str:
-    """``results.md``: one section per (probe, target), one table per (variant, n, family), robust ones first."""
+    """``results.md``: the summary (:func:`summary_lines`), then one section per (probe, target), one table per
+    (variant, n, family), robust ones first."""
     models = {(r.model, display_label(r), r.step) for r in records}
     lines = [
         "# clipprobe results",
@@ -147,6 +188,7 @@ def to_markdown(records: Sequence[Record], min_count: int = 30) -> str:
         f"*study* give the published values ({STUDY}, measured on the study's Blender renders of ComCO) for the "
         "same model and tag; clipprobe's ComCO uses emoji sprites, so expect the pattern, not the digits, to agree.",
     ]
+    lines += summary_lines(records, min_count)
     for sec in sections(records):
         lines += ["", f"## {sec.probe} · {sec.target}"]
         notes = sorted({note for r in sec.records for note in r.notes})
