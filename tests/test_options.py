@@ -14,7 +14,7 @@ from clipprobe.probes.image import AttentionOptions, I2torOptions, IocOptions, I
 from clipprobe.probes.matching import ItmOptions
 from clipprobe.probes.text import MitigationOptions, SizeClaimOptions, TocOptions, TorOptions
 
-TOR_VALID = "mode, template, n, max_captions, num_captions, orders, seed"
+TOR_VALID = "mode, template, n, max_captions, num_captions, orders, hits, seed"
 
 
 def _parse(probe: str, options: dict[str, Any] | None) -> Any:

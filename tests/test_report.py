@@ -25,7 +25,9 @@ def results(tmp_path: Path) -> Path:
     """eval files of two released models and a random init, a checkpoint series, a run folder, a stray JSON."""
     d = tmp_path / "results"
     vit = {"model": "ViT-B-32", "weights": tag("openai")}
-    write_records(d / "ViT-B-32__openai__comco__tor.jsonl", [record("tor", position_entries(0.55), **vit)])
+    paper = {"mode": "paper", "template": "bare", "hits": "substring", "run_seed": 0}  # the study's protocol
+    write_records(d / "ViT-B-32__openai__comco__tor.jsonl",
+                  [record("tor", position_entries(0.55), options=paper, **vit)])  # fmt: skip
     write_records(d / "ViT-B-32__openai__comco__ior.jsonl",
                   [record("ior", position_entries(0.7, roles=IOR_ROLES), **vit)])  # fmt: skip
     write_records(d / "tiny__random__comco__tor.jsonl", [record("tor", position_entries(0.25))])

@@ -10,12 +10,17 @@ clipprobe's format (DESIGN.md)::
 
 The study's release (PROBES.md, section 1): folders such as ``CoCo-ThreeObject-BRBig`` whose file
 names list the objects in slot order joined by ``_``, and references in ``CoCo-OneObject/``.
-``ProbeSet.load`` reads either.
+``ProbeSet.load`` reads either. A file name is the scene's object sequence, so a folder of that layout
+holds each sequence once: scenes that repeat another's objects in the same group (clipprobe's own n=2
+groups hold a few) are lost when a set is written in it, and files that still spell a sequence twice
+(``dog_cat (1).png``, ``traffic_light_cup.png`` beside ``traffic light_cup.png``) are dropped on
+loading with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -23,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from clipprobe.errors import UserError
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 METADATA = "metadata.jsonl"
@@ -250,6 +257,19 @@ def split_object_names(stem: str, known: set[str]) -> list[str] | None:
     return best.get(len(parts))
 
 
+# A copy's suffix, as file managers and download tools add it to a name already taken: "x (1)", "x copy 2", "x_1".
+_COPY_SUFFIX = re.compile(r"(?:\s*\(\d+\)|[ _-]copy(?:[ _-]?\d+)?|[ _-]\d+)$", re.IGNORECASE)
+
+
+def _scene_names(stem: str, known: set[str]) -> tuple[list[str] | None, bool]:
+    """The objects a published scene file names, and whether the name is a copy's (``dog_cat (1)``)."""
+    names = split_object_names(stem, known)
+    if names is not None:
+        return names, False
+    base = _COPY_SUFFIX.sub("", stem)
+    return (split_object_names(base, known), True) if base != stem else (None, False)
+
+
 def _load_published(root: Path) -> ProbeSet:
     dirs = {p: _PUBLISHED_DIR.match(p.name) for p in sorted(root.iterdir()) if p.is_dir()}
     dirs = {p: m for p, m in dirs.items() if m}
@@ -258,21 +278,43 @@ def _load_published(root: Path) -> ProbeSet:
         raise UserError(f"published probe set {root} has no *-OneObject folder of references")
     refs = {p.stem: p for d in ref_dirs for p in sorted(d.glob("*.png"))}
     scenes: list[Scene] = []
+    dropped: dict[int, list[str]] = defaultdict(list)  # n -> files that repeat a sequence of their folder
     for d, m in dirs.items():
         n = _COUNTS[m["count"]]
         if n == 1:
             continue
         large = _published_large_slot(m["where"] or "", n)
+        files = []
         for img in sorted(d.glob("*.png")):
-            names = split_object_names(img.stem, set(refs))
+            names, copy = _scene_names(img.stem, set(refs))
             if names is None or len(names) != n:
                 raise UserError(
                     f"cannot read objects from {img.relative_to(root)}: expected {n} reference names joined by '_'"
                 )
+            files.append((copy, img.name, img, tuple(names)))
+        kept: dict[tuple[str, ...], Path] = {}
+        for _copy, _name, img, names in sorted(files):  # a plain name before its copies
+            if names in kept:
+                dropped[n].append(str(img.relative_to(root)))
+            else:
+                kept[names] = img
+        for _copy, _name, img, names in files:  # in the files' order
+            if kept[names] != img:
+                continue
             objs = tuple(
                 SceneObject(name=nm, slot=k, is_large=(k == large) if large is not None else None)
                 for k, nm in enumerate(names)
             )
             scenes.append(Scene(str(img.relative_to(root)), n, "large", objs, scene_id=f"{d.name}/{img.stem}"))
     kind = "comco" if any(m["set"].lower() == "coco" for m in dirs.values()) else "simco"
-    return ProbeSet(root, kind, sorted(refs), refs, scenes, {"kind": kind, "format": "published", "name": root.name})
+    manifest: dict[str, Any] = {"kind": kind, "format": "published", "name": root.name}
+    if dropped:
+        per_n = ", ".join(f"{len(v)} at n={n}" for n, v in sorted(dropped.items()))
+        examples = ", ".join(f for v in dropped.values() for f in v)[:300]
+        log.warning(
+            "published probe set %s: dropped %d scene file(s) (%s) that repeat the objects of another file in "
+            "their folder; the layout names a scene by its objects, so it holds each sequence once per folder: %s",
+            root, sum(map(len, dropped.values())), per_n, examples,
+        )  # fmt: skip
+        manifest["dropped_duplicates"] = {str(n): len(v) for n, v in sorted(dropped.items())}
+    return ProbeSet(root, kind, sorted(refs), refs, scenes, manifest)

@@ -29,6 +29,14 @@ SIMCO_NAMES: tuple[str, ...] = (
 VOCABULARIES: dict[str, tuple[str, ...]] = {"coco": COCO_NAMES, "comco": COCO_NAMES, "simco": SIMCO_NAMES}
 
 
+def study_vocab(kind: str | None) -> list[str]:
+    """The study's text vocabulary for a probe set of ``kind``, in the study's order: SimCO's 18 shapes for
+    ``simco``, else the 90 COCO names (its TOR scripts list exactly these, in this order). Paper-mode TOR uses
+    it unless a vocabulary is given (PROBES.md, section 2), whatever names a set holds: a published-layout
+    set's vocabulary is only the names found in its folders, in alphabetical order."""
+    return list(SIMCO_NAMES if kind == "simco" else COCO_NAMES)
+
+
 def read_text_file(path: str | os.PathLike, what: str) -> str:
     """The UTF-8 text of a user's file.
 

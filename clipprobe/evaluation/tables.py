@@ -24,7 +24,7 @@ from clipprobe.evaluation.structure import (
     summary_tables,
     weights_label,
 )
-from clipprobe.evaluation.study import STUDY, study_value
+from clipprobe.evaluation.study import STUDY, not_comparable, published_value
 from clipprobe.probes.base import Metric
 
 CSV_FIELDS = (
@@ -121,11 +121,23 @@ def table_lines(records: Sequence[Record], table: TableKey, columns: Sequence[Co
         if robust:
             cells.append("" if per_cell else str(next(iter(counts))))
         lines.append("| " + " | ".join(_row_label(r) + cells) + " |")
-        refs = [study_value(r, c.family, c.key, table.n, table.variant) for c in columns]
-        if any(v is not None for v in refs):
-            ref_cells = ["" if v is None else f"{100 * v:.2f}" for v in refs] + ([""] if robust else [])
-            lines.append(f"| ↳ *study* | *{STUDY}* | | | " + " | ".join(ref_cells) + " |")
+        lines += _study_lines(r, table, columns, robust)
     return lines
+
+
+def _study_lines(r: Record, table: TableKey, columns: Sequence[Column], robust: bool) -> list[str]:
+    """The study's values beneath a record of one of its models: a row of values when the record counted as the
+    study did; else a row without values that says why not (``not comparable: exact hits``), so that numbers
+    counted otherwise never stand beside the published ones."""
+    refs = [published_value(r, c.family, c.key, table.n, table.variant) for c in columns]
+    if all(v is None for v in refs):
+        return []
+    why = next((w for c, v in zip(columns, refs, strict=True) if v is not None and (w := not_comparable(r, c.family))),
+               None)  # fmt: skip
+    if why is not None:
+        return [f"| ↳ *study* | *{why}* | | | " + " | ".join([""] * (len(columns) + robust)) + " |"]
+    ref_cells = ["" if v is None else f"{100 * v:.2f}" for v in refs] + ([""] if robust else [])
+    return [f"| ↳ *study* | *{STUDY}* | | | " + " | ".join(ref_cells) + " |"]
 
 
 def table_title(table: TableKey, columns: Sequence[Column]) -> str:
@@ -186,7 +198,10 @@ def to_markdown(records: Sequence[Record], min_count: int = 30) -> str:
         "every query come first; shares among hits (`share`) rest only on the hits, so each cell gives its "
         f"count `n=..`, and {THIN} marks those under {min_count} cases (left out of the plots). Rows marked "
         f"*study* give the published values ({STUDY}, measured on the study's Blender renders of ComCO) for the "
-        "same model and tag; clipprobe's ComCO uses emoji sprites, so expect the pattern, not the digits, to agree.",
+        "same model and tag; clipprobe's ComCO uses emoji sprites, so expect the pattern, not the digits, to agree. "
+        "The study's TOR shares are among substring hits of its paper-mode captions, so they stand only beside tor "
+        "and mitigation rows counted that way (`mode: paper`, `hits: substring`); beneath other rows a *study* row "
+        "without values says why they are not comparable.",
     ]
     lines += summary_lines(records, min_count)
     for sec in sections(records):

@@ -9,7 +9,9 @@ in a tally whose ``compute()`` sums the counts over ranks (``sync_on_compute``),
 with the counts of all queries.
 
 - :class:`PositionShareTally` (TOR, IOR, I2TOR): per query, similarities to every reference
-  ``[B, V]`` and the query's own objects ``[B, n]`` in position (or role) order.
+  ``[B, V]`` and the query's own objects ``[B, n]`` in position (or role) order; optionally which
+  queries are hits when the caller defines hits otherwise (TOR's ``hits: substring``,
+  :func:`substring_hits`).
 - :class:`PreferenceTally` (ITM): scores of a right and a wrong candidate; wins and ties.
 - :class:`AccuracyTally` (TOC, IOC): predicted and true labels.
 - :class:`MeanTally` (attention): sum, sum of squares and count of a continuous value.
@@ -17,6 +19,7 @@ with the counts of all queries.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -80,7 +83,7 @@ def _check_n(n: int) -> None:
 TIE_TOL = 1e-6  # similarities closer than this are tied (float32 rounding of equal cosines is ~1e-7)
 
 
-def position_share_update(sims: Tensor, objects: Tensor) -> dict[str, Tensor]:
+def position_share_update(sims: Tensor, objects: Tensor, hit: Tensor | None = None) -> dict[str, Tensor]:
     """Counts for one batch of queries.
 
     Ties share the credit: when t references are within :data:`TIE_TOL` of the best similarity,
@@ -91,21 +94,29 @@ def position_share_update(sims: Tensor, objects: Tensor) -> dict[str, Tensor]:
         sims: ``[B, V]`` similarity of each query to every reference.
         objects: ``[B, n]`` reference indices of each query's own objects, in position order
             (o_1..o_n); distinct within a row.
+        hit: ``[B]`` bool, which queries are hits, when the caller defines hits otherwise (the
+            study's substring test, :func:`substring_hits`); None = the exact test below.
 
     Returns:
-        ``total`` and ``hits`` (int64): queries, and queries whose own objects are all strictly more
-        similar than every other reference (T_n, the n nearest, is exactly the own objects);
-        ``top1_hits[k]`` (hits whose nearest reference is o_k), ``top1_all[k]`` (any query whose
-        nearest reference is o_k), ``closest[k]`` (o_k is the most similar among the own objects),
-        float64 ``[n]`` because of tie credit.
+        ``total`` and ``hits`` (int64): queries, and hits: by default queries whose own objects are
+        all strictly more similar than every other reference (T_n, the n nearest, is exactly the own
+        objects); ``top1_hits[k]`` (hits whose nearest reference is o_k; with another hit test the
+        nearest reference of a hit need not be one of its objects, so these may sum below ``hits``),
+        ``top1_all[k]`` (any query whose nearest reference is o_k), ``closest[k]`` (o_k is the most
+        similar among the own objects), float64 ``[n]`` because of tie credit.
     """
     if sims.ndim != 2 or objects.ndim != 2 or sims.shape[0] != objects.shape[0]:
         raise ValueError(f"expected sims [B, V] and objects [B, n], got {tuple(sims.shape)} and {tuple(objects.shape)}")
     sims = sims.double()
     objects = objects.long()
     own = sims.gather(1, objects)  # [B, n]
-    others = sims.scatter(1, objects, float("-inf"))  # [B, V], own objects masked out
-    hit = own.min(dim=1).values > others.max(dim=1).values  # [B]
+    if hit is None:
+        others = sims.scatter(1, objects, float("-inf"))  # [B, V], own objects masked out
+        hit = own.min(dim=1).values > others.max(dim=1).values  # [B]
+    elif hit.shape != (sims.shape[0],):
+        raise ValueError(f"expected hit [B] = [{sims.shape[0]}], got {tuple(hit.shape)}")
+    else:
+        hit = hit.to(device=sims.device, dtype=torch.bool)
     top = sims >= sims.max(dim=1, keepdim=True).values - TIE_TOL  # [B, V] tied for nearest
     top1 = (top.double() / top.sum(dim=1, keepdim=True)).gather(1, objects)  # [B, n] credit
     near = own >= own.max(dim=1, keepdim=True).values - TIE_TOL  # [B, n] tied for closest own
@@ -117,6 +128,40 @@ def position_share_update(sims: Tensor, objects: Tensor) -> dict[str, Tensor]:
         "top1_all": top1.sum(dim=0),
         "closest": closest.sum(dim=0),
     }
+
+
+def nearest_n(sims: Tensor, n: int) -> Tensor:
+    """``[B, V]`` bool: the references at least as similar as each query's n-th nearest (T_n, the n
+    nearest; more than n only where references tie exactly at its edge, so that a hit counted on T_n
+    holds under every way of breaking the tie, as the exact test's strict inequality does)."""
+    if not 1 <= n <= sims.shape[1]:
+        raise ValueError(f"cannot take the {n} nearest of {sims.shape[1]} references")
+    kth = sims.topk(n, dim=1).values[:, -1:]  # [B, 1]
+    return sims >= kth
+
+
+def substring_hits(sims: Tensor, n: int, texts: Sequence[str], references: Sequence[str]) -> Tensor:
+    """The study's hit test (its TOR script: ``all(word in sentence for word in topn_words)``): a
+    query is a hit when every one of its n nearest references (:func:`nearest_n`) is a substring of
+    its text. So "bench and hot dog" retrieving {hot dog, dog} is a hit ("dog" is inside "hot dog"),
+    and "car" is found in "carrot".
+
+    Args:
+        sims: ``[B, V]`` similarity of each query to every reference.
+        n: objects per query (the size of T_n).
+        texts: the B query texts (captions).
+        references: the V reference names, in the columns' order.
+
+    Returns:
+        ``[B]`` bool, for :func:`position_share_update`'s ``hit``.
+    """
+    if len(texts) != sims.shape[0] or len(references) != sims.shape[1]:
+        raise ValueError(f"{len(texts)} texts and {len(references)} references for sims {tuple(sims.shape)}")
+    rows, cols = nearest_n(sims, n).nonzero(as_tuple=True)
+    outside = [references[c] not in texts[r] for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
+    misses = torch.zeros(sims.shape[0], dtype=torch.long)
+    misses.index_add_(0, rows.cpu(), torch.tensor(outside, dtype=torch.long))
+    return (misses == 0).to(sims.device)
 
 
 def position_share_compute(counts: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -145,7 +190,7 @@ def add_counts(a: dict[str, Tensor] | None, b: dict[str, Tensor]) -> dict[str, T
 class PositionShareTally(Metric):
     """Which of a query's n objects its embedding sits closest to (TOR, IOR, I2TOR).
 
-    ``update(sims [B, V], objects [B, n])``; ``compute()`` returns the summed counts
+    ``update(sims [B, V], objects [B, n], hit [B] | None)``; ``compute()`` returns the summed counts
     (``total``, ``hits``, ``top1_hits``, ``top1_all``, ``closest``) and the shares of
     :func:`position_share_compute` (``hit_rate``, ``share``, ``share_all``, ``closest_share``,
     ``bias_index``).
@@ -166,10 +211,10 @@ class PositionShareTally(Metric):
         for name in ("top1_hits", "top1_all", "closest"):
             self.add_state(name, torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, sims: Tensor, objects: Tensor) -> None:
+    def update(self, sims: Tensor, objects: Tensor, hit: Tensor | None = None) -> None:
         if objects.shape[-1] != self.n:
             raise ValueError(f"PositionShareTally(n={self.n}) got objects with {objects.shape[-1]} columns")
-        counts = position_share_update(sims, objects)
+        counts = position_share_update(sims, objects, hit)
         for name, value in counts.items():
             setattr(self, name, getattr(self, name) + value.to(self.device))
 

@@ -1,7 +1,9 @@
 """Text probes (PROBES.md, section 2): ``tor``, ``mitigation``, ``size_claim`` and ``toc``.
 
 TOR compares each caption's embedding with the embedding of every vocabulary name (the bare names,
-as in the study) and tallies, per number of objects n, which position the nearest name holds.
+as in the study) and tallies, per number of objects n, which position the nearest name holds. A
+caption is a *hit* when its n nearest names are exactly its objects (``hits: exact``, the default) or,
+as the study's script counts, when each of them is a substring of the caption (``hits: substring``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Literal, TypeVar
 
 import torch
 
+from clipprobe.data.vocab import study_vocab
 from clipprobe.errors import UserError
 from clipprobe.probes.base import Encoder, ProbeContext, ProbeResult, register
 from clipprobe.probes.captions import Caption, make_captions, render
@@ -28,9 +31,17 @@ from clipprobe.probes.common import (
     split_embeddings,
 )
 from clipprobe.probes.stats import put_position_shares, put_share
-from clipprobe.probes.tallies import ONE_PROCESS, POSITION_COUNTS, PositionShareTally, Shard, tally_counts
+from clipprobe.probes.tallies import (
+    ONE_PROCESS,
+    POSITION_COUNTS,
+    PositionShareTally,
+    Shard,
+    substring_hits,
+    tally_counts,
+)
 
 Aggregate = Literal["plain", "split"]
+HitTest = Literal["exact", "substring"]
 K = TypeVar("K", bound=Hashable)
 _CHUNK = 8192  # captions per similarity block: [chunk, V] floats
 
@@ -47,6 +58,12 @@ class TorOptions:
         max_captions: paper mode's cap per n (seeded, order-keeping subsample); None or 0 = all.
         num_captions: balanced mode's captions per n.
         orders: balanced mode's ``random`` (one order per subset) or ``all`` (n! orders).
+        hits: what makes a caption a hit, the denominator of ``share_k``: ``exact`` (its n nearest names
+            are exactly its objects) or ``substring`` (each of its n nearest names is a substring of the
+            caption's text, as the study's script tests ``name in caption``: "bench and hot dog" retrieving
+            {hot dog, dog} is a hit). With ``substring`` a hit's nearest name need not be one of its objects
+            ("dog"), so the ``share_k`` of a row may sum below 1; they are not renormalised. Only
+            ``hit_rate`` and ``share_k`` depend on it; ``share_k_all``, ``closest_k`` and ``bias_index`` do not.
         seed: caption sampling seed (default: the run's seed).
     """
 
@@ -56,6 +73,7 @@ class TorOptions:
     max_captions: int | None = 20_000
     num_captions: int = 2_000
     orders: Literal["random", "all"] = "random"
+    hits: HitTest = "exact"
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -63,6 +81,22 @@ class TorOptions:
 
         check_option(self, "num_captions", self.num_captions >= 1, "at least 1")
         check_option(self, "n", self.n is None or all(k >= 2 for k in self.n), "object counts of at least 2")
+
+
+def tor_vocab(ctx: ProbeContext, opts: TorOptions) -> tuple[list[str], list[str]]:
+    """TOR's reference names and a note on them. Paper mode without a vocabulary given (``--vocab``) uses
+    the study's (:func:`~clipprobe.data.vocab.study_vocab`: the 90 COCO names in the study's order, SimCO's
+    18 shapes for a SimCO set), not the probe set's own: the study's caption set is the combinations of its
+    vocabulary in its order, and a set's names may be fewer or otherwise ordered (the published layout's are
+    those found in its folders, alphabetical). Balanced mode uses :func:`resolve_vocab` (the set's own)."""
+    own = resolve_vocab(ctx)
+    if opts.mode != "paper" or ctx.vocab:
+        return own, []
+    study = study_vocab(ctx.probe_set.kind if ctx.probe_set is not None else None)
+    if ctx.probe_set is None or own == study:
+        return study, []
+    return study, [f"paper mode: the study's {len(study)} names in its order, not the probe set's {len(own)} "
+                   "(give a vocabulary to choose another)"]  # fmt: skip
 
 
 def _captions(opts: TorOptions, vocab: list[str], counts: list[int], seed: int) -> dict[int, list[Caption]]:
@@ -102,13 +136,15 @@ def tor_counts(
     template: str,
     aggregates: Sequence[Aggregate] = ("plain",),
     shard: Shard = ONE_PROCESS,
+    hits: HitTest = "exact",
 ) -> dict[str, dict[K, dict[str, torch.Tensor]]]:
     """Position-share counts of captions against reference names, per aggregate and caption group
     (the keys of ``captions``, e.g. n), from text embeddings ``emb`` (``row[text]`` = its row); each
     rank of ``shard`` tallies its share of the captions and the counts are summed over ranks.
 
     ``plain`` embeds each caption whole; ``split`` embeds each object alone (rendered with the same
-    template) and takes the normalised sum.
+    template) and takes the normalised sum. ``hits`` is the hit test (:class:`TorOptions`); ``substring``
+    tests the caption's text under either aggregate.
     """
     ref_index = {name: i for i, name in enumerate(references)}
     names = emb[[row[r] for r in references]]  # [V, D]
@@ -126,7 +162,11 @@ def tor_counts(
                     cap_emb = emb[[row[c.text] for c in chunk]]
                 else:
                     cap_emb = split_embeddings(single, objects)
-                tally.update(cap_emb @ names.T, objects)
+                sims = cap_emb @ names.T
+                hit = None
+                if hits == "substring":
+                    hit = substring_hits(sims, objects.shape[1], [c.text for c in chunk], references)
+                tally.update(sims, objects, hit)
             out[agg][key] = tally_counts(tally, POSITION_COUNTS)
     return out
 
@@ -137,10 +177,11 @@ def tor_tallies(
     captions: Mapping[K, list[Caption]],
     template: str,
     aggregates: Sequence[Aggregate] = ("plain",),
+    hits: HitTest = "exact",
 ) -> dict[str, dict[K, dict[str, torch.Tensor]]]:
     """:func:`tor_counts` after encoding every needed text in one call."""
     emb, row = encode_unique(encoder.encode_texts, tor_texts(references, captions, template, aggregates))
-    return tor_counts(emb, row, references, captions, template, aggregates, Shard.of(encoder))
+    return tor_counts(emb, row, references, captions, template, aggregates, Shard.of(encoder), hits)
 
 
 def _config(opts: object, **extra: object) -> dict[str, object]:
@@ -156,21 +197,24 @@ def _paper_notes(opts: TorOptions, vocab: list[str], captions: dict[int, list[Ca
     return notes
 
 
-@register("tor", needs_probe_set=False, summary="Text-based object retrieval: which named object a caption is nearest.")
+# Version 2: the hits option; paper mode on the study's vocabulary unless one is given (was the probe set's).
+@register("tor", needs_probe_set=False, version=2,
+          summary="Text-based object retrieval: which named object a caption is nearest.")  # fmt: skip
 def tor(ctx: ProbeContext) -> ProbeResult:
-    """TOR: for each caption naming n objects, the n nearest vocabulary names (hit when they are the
-    caption's objects) and the nearest one's position; keys ``n{n}/hit_rate``, ``n{n}/share_k``,
-    ``n{n}/share_k_all``, ``n{n}/closest_k``, ``n{n}/bias_index``."""
+    """TOR: for each caption naming n objects, the n nearest vocabulary names (a hit when they are the
+    caption's objects, or with ``hits: substring`` when each is a substring of the caption) and the nearest
+    one's position; keys ``n{n}/hit_rate``, ``n{n}/share_k``, ``n{n}/share_k_all``, ``n{n}/closest_k``,
+    ``n{n}/bias_index``."""
     opts = parse_options(TorOptions, ctx.options, "tor")
     seed = ctx.seed if opts.seed is None else opts.seed
-    vocab = resolve_vocab(ctx)
+    vocab, vocab_notes = tor_vocab(ctx, opts)
     counts = resolve_counts(ctx, opts.n)
     captions = _captions(opts, vocab, counts, seed)
-    tallies = tor_tallies(ctx.encoder, vocab, captions, opts.template)
+    tallies = tor_tallies(ctx.encoder, vocab, captions, opts.template, hits=opts.hits)
     result = ProbeResult("tor", config=_config(opts, seed=seed, n=counts, vocab=vocab))
     for n in counts:
         put_position_shares(result, tallies["plain"][n])
-    result.notes += _paper_notes(opts, vocab, captions)
+    result.notes += vocab_notes + _paper_notes(opts, vocab, captions)
     return result
 
 
@@ -187,6 +231,7 @@ class MitigationOptions(TorOptions):
 @register(
     "mitigation",
     needs_probe_set=False,
+    version=2,  # 2: the hits option; paper-mode TOR on the study's vocabulary unless one is given
     summary="Split and aggregate: TOR (and ITM with a probe set) with order-invariant caption embeddings.",
 )
 def mitigation(ctx: ProbeContext) -> ProbeResult:
@@ -196,16 +241,17 @@ def mitigation(ctx: ProbeContext) -> ProbeResult:
 
     opts = parse_options(MitigationOptions, ctx.options, "mitigation")
     seed = ctx.seed if opts.seed is None else opts.seed
-    vocab = resolve_vocab(ctx)
+    vocab, vocab_notes = tor_vocab(ctx, opts)
     counts = resolve_counts(ctx, opts.n)
     captions = _captions(opts, vocab, counts, seed)
     aggs: tuple[Aggregate, ...] = ("plain", "split")
     run_itm = opts.itm and ctx.probe_set is not None
-    plan = matching.plan_itm(ctx.probe_set, vocab, opts.absent, seed) if run_itm else None
+    # ITM draws its absent objects from the vocabulary the itm probe uses (the set's own), whatever TOR's mode.
+    plan = matching.plan_itm(ctx.probe_set, resolve_vocab(ctx), opts.absent, seed) if run_itm else None
     texts = tor_texts(vocab, captions, opts.template, aggs)
     texts += matching.itm_texts(plan, opts.template, aggs) if plan else []
     emb, row = encode_unique(ctx.encoder.encode_texts, texts)  # one call for TOR and ITM
-    tallies = tor_counts(emb, row, vocab, captions, opts.template, aggs, Shard.of(ctx.encoder))
+    tallies = tor_counts(emb, row, vocab, captions, opts.template, aggs, Shard.of(ctx.encoder), opts.hits)
     result = ProbeResult("mitigation", config=_config(opts, seed=seed, n=counts, vocab=vocab))
     for agg in aggs:
         for n in counts:
@@ -216,7 +262,7 @@ def mitigation(ctx: ProbeContext) -> ProbeResult:
             matching.put_itm(result, itm[agg], variant=agg)
     elif opts.itm:
         result.notes.append("itm skipped: no probe set given")
-    result.notes += _paper_notes(opts, vocab, captions)
+    result.notes += vocab_notes + _paper_notes(opts, vocab, captions)
     return result
 
 
@@ -314,7 +360,8 @@ class TocOptions:
         template: sentence template (study: ``a`` = "a A and a B and a C and a D").
         split: train / validation / test fractions (study: 0.75, 0.10, 0.15; validation is held out
             and unused, so the test set matches the study's).
-        lr, batch_size, epochs: Adam training of the linear head.
+        lr, batch_size, epochs: Adam training of the linear head (study: 1e-3, 32, 10, as its TOC script
+            trains it on the frozen sentence embeddings; its batch 32 is the training batch).
         seed: sentence sampling, split and training seed (study: 42).
     """
 
