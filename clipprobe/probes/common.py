@@ -249,6 +249,9 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+_GATHER_ROWS = 4096  # training rows gathered into shuffled order at once (bounds the copy for TOC's 135,000)
+
+
 def linear_probe(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -265,34 +268,49 @@ def linear_probe(
     """Train ``Linear(D, num_classes)`` with Adam and cross-entropy on frozen features; return the
     predicted labels of ``x_eval``. Seeded: same inputs, same predictions (CPU).
 
-    The step is written out (softmax-regression gradient, then Adam with torch's defaults:
-    betas 0.9/0.999, eps 1e-8) instead of going through autograd and ``torch.optim.Adam``: the
-    same updates (to float rounding; a test checks it) about 8x faster, which matters for TOC at the
-    study's size (180,000 sentences, batch 32, 10 epochs, per position).
+    Each epoch visits the training set in a fresh order (``torch.randperm`` of a generator seeded by
+    ``seed``) in ``ceil(len(x_train) / batch_size)`` minibatches, the last one possibly smaller, with one
+    Adam step each. The step is written out (softmax-regression gradient, then Adam with torch's
+    defaults: betas 0.9/0.999, eps 1e-8) instead of going through autograd and ``torch.optim.Adam``:
+    the same updates (to float rounding; a test checks it) several times faster, which matters for TOC
+    at the study's size (180,000 sentences, batch 32, 10 epochs, per position) and for IOC's batch of 8.
+    Shuffled rows are gathered a chunk of batches at a time, so a minibatch is a view; weight and bias
+    live in one flat tensor, so each Adam op updates both; gradients and Adam's denominator go to
+    preallocated buffers; no autograd.
     """
     from tqdm.auto import tqdm
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = torch.nn.Linear(x_train.shape[1], num_classes)  # torch's default initialisation
-    params = [head.weight.detach().clone(), head.bias.detach().clone()]  # W [C, D], b [C]
-    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
-    beta1, beta2, eps, step = 0.9, 0.999, 1e-8, 0
-    gen = torch.Generator().manual_seed(seed)
-    x_train, y_train = x_train.float(), y_train.long()
-    with single_thread():
+    # one thread throughout: for these small tensors thread hand-offs cost more than they save, and on a
+    # loaded machine a parallel op (even a zero fill) can wait milliseconds for a descheduled thread
+    with single_thread(), torch.no_grad():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = torch.nn.Linear(x_train.shape[1], num_classes)  # torch's default initialisation
+        dim, classes = x_train.shape[1], num_classes
+        params = torch.cat([head.weight.detach().flatten(), head.bias.detach()])  # W [C, D] then b [C], flat
+        weight, bias = params[: classes * dim].view(classes, dim), params[classes * dim :]
+        grads = torch.zeros_like(params)
+        grad_w, grad_b = grads[: classes * dim].view(classes, dim), grads[classes * dim :]
+        m, v, denom = torch.zeros_like(params), torch.zeros_like(params), torch.empty_like(params)
+        beta1, beta2, eps, step = 0.9, 0.999, 1e-8, 0
+        gen = torch.Generator().manual_seed(seed)
+        x_train, y_train = x_train.float(), y_train.long()
+        minus_one = torch.full((min(batch_size, len(x_train)), 1), -1.0)
+        chunk = batch_size * max(1, _GATHER_ROWS // batch_size)  # whole batches, so batch boundaries stay put
         for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
             order = torch.randperm(len(x_train), generator=gen)
-            for lo in range(0, len(order), batch_size):
-                idx = order[lo : lo + batch_size]
-                xb = x_train[idx]  # [B, D]
-                grad = torch.softmax(torch.addmm(params[1], xb, params[0].t()), dim=1)  # [B, C]
-                grad[torch.arange(len(idx)), y_train[idx]] -= 1.0
-                grad /= len(idx)  # d(mean cross-entropy)/d(logits)
-                step += 1
-                for p, g, (m, v) in zip(params, (grad.t() @ xb, grad.sum(0)), moments, strict=True):
-                    m.mul_(beta1).add_(g, alpha=1 - beta1)
-                    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                    denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
-                    p.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
-    return torch.addmm(params[1], x_eval.float(), params[0].t()).argmax(dim=1)
+            for start in range(0, len(order), chunk):  # gather a chunk of batches at once; a batch is a view
+                xs, ys = x_train[order[start : start + chunk]], y_train[order[start : start + chunk]].unsqueeze(1)
+                for lo in range(0, len(xs), batch_size):
+                    xb, yb = xs[lo : lo + batch_size], ys[lo : lo + batch_size]  # [B, D], [B, 1]
+                    grad = torch.softmax(torch.addmm(bias, xb, weight.t()), dim=1)  # [B, C]
+                    grad.scatter_add_(1, yb, minus_one[: len(yb)])  # minus the one-hot target
+                    grad /= len(yb)  # d(mean cross-entropy)/d(logits)
+                    torch.mm(grad.t(), xb, out=grad_w)
+                    torch.sum(grad, dim=0, out=grad_b)
+                    step += 1
+                    m.mul_(beta1).add_(grads, alpha=1 - beta1)
+                    v.mul_(beta2).addcmul_(grads, grads, value=1 - beta2)
+                    torch.sqrt(v, out=denom).div_(math.sqrt(1 - beta2**step)).add_(eps)
+                    params.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
+        return torch.addmm(bias, x_eval.float(), weight.t()).argmax(dim=1)

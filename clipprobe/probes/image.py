@@ -19,7 +19,14 @@ from clipprobe.data.probeset import ProbeSet, Scene
 from clipprobe.errors import UserError
 from clipprobe.probes.base import ProbeContext, ProbeResult, register
 from clipprobe.probes.captions import render
-from clipprobe.probes.common import encode_unique, linear_probe, parse_options, probe_options, resolve_vocab
+from clipprobe.probes.common import (
+    encode_unique,
+    linear_probe,
+    parse_options,
+    probe_options,
+    resolve_vocab,
+    single_thread,
+)
 from clipprobe.probes.stats import put_position_shares, put_share
 from clipprobe.probes.tallies import ONE_PROCESS, POSITION_COUNTS, PositionShareTally, Shard, tally_counts
 
@@ -150,14 +157,16 @@ class IocOptions:
 
     Attributes:
         test_fraction: held-out share of each scene group (study: 0.2).
-        lr, batch_size, epochs: Adam training of each linear head (study: 1e-3, 128, 25).
+        lr, batch_size, epochs: Adam training of each linear head (study: 1e-3, batch 8, 25 epochs;
+            the study's 128 is its feature-extraction batch, not the classifier's). A smaller batch
+            means more steps: ``ceil(train scenes / batch_size)`` per epoch.
         min_scenes: smallest scene group worth a classifier.
         seed: split and training seed.
     """
 
     test_fraction: float = 0.2
     lr: float = 1e-3
-    batch_size: int = 128
+    batch_size: int = 8
     epochs: int = 25
     min_scenes: int = 10
     seed: int = 42
@@ -171,7 +180,9 @@ class IocOptions:
         check_option(self, "lr", self.lr > 0, "greater than 0")
 
 
-@register("ioc", needs_probe_set=True, summary="Image-based object classification: linear probe per slot.")
+@register(
+    "ioc", needs_probe_set=True, summary="Image-based object classification: linear probe per slot.", version=2
+)  # 2: the classifier's batch is the study's 8 (was 128)
 def ioc(ctx: ProbeContext) -> ProbeResult:
     """IOC: per scene group (n objects, large object in slot j, as the study's folders), one linear
     classifier per slot on frozen scene embeddings predicts that slot's object. Keys
@@ -187,28 +198,30 @@ def ioc(ctx: ProbeContext) -> ProbeResult:
         groups[(s.n, s.large_slot)].append(s)
     pooled: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])  # (n, role) -> [correct, total]
     result = ProbeResult("ioc", config={**asdict(opts), "num_classes": len(classes)})
-    for (n, big), scenes in sorted(groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
-        if len(scenes) < opts.min_scenes:
-            result.notes.append(f"n{n} large slot {big}: {len(scenes)} scenes < min_scenes, skipped")
-            continue
-        x = emb[[row[str(ps.path(s))] for s in scenes]]
-        order = torch.randperm(len(scenes), generator=torch.Generator().manual_seed(opts.seed))
-        n_test = max(1, int(len(scenes) * opts.test_fraction))
-        train, test = order[n_test:], order[:n_test]
-        for k in range(n):
-            y = torch.tensor([label[s.names[k]] for s in scenes], dtype=torch.long)
-            preds = linear_probe(
-                x[train], y[train], x[test], len(classes), lr=opts.lr, batch_size=opts.batch_size,
-                epochs=opts.epochs, seed=opts.seed + k, progress=ctx.progress, desc=f"ioc n{n} slot {k + 1}",
-            )  # fmt: skip
-            correct = int((preds == y[test]).sum())
+    with single_thread():  # small tensors: a parallel op here only waits for threads (see linear_probe)
+        for (n, big), scenes in sorted(groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
+            if len(scenes) < opts.min_scenes:
+                result.notes.append(f"n{n} large slot {big}: {len(scenes)} scenes < min_scenes, skipped")
+                continue
+            x = emb[[row[str(ps.path(s))] for s in scenes]]
+            order = torch.randperm(len(scenes), generator=torch.Generator().manual_seed(opts.seed))
+            n_test = max(1, int(len(scenes) * opts.test_fraction))
+            train, test = order[n_test:], order[:n_test]
+            x_train, x_test = x[train], x[test]
             group = f"n{n}/large{big + 1}" if big is not None else f"equal/n{n}"
             variant = f"large{big + 1}" if big is not None else "equal"
-            put_share(result, f"{group}/acc_slot_{k + 1}", correct, n_test, family="accuracy", n=n,
-                      key=f"slot_{k + 1}", variant=variant, chance=1 / len(classes))  # fmt: skip
-            if big is not None:
-                tally = pooled[(n, "large" if k == big else "small")]
-                tally[0], tally[1] = tally[0] + correct, tally[1] + n_test
+            for k in range(n):
+                y = torch.tensor([label[s.names[k]] for s in scenes], dtype=torch.long)
+                preds = linear_probe(
+                    x_train, y[train], x_test, len(classes), lr=opts.lr, batch_size=opts.batch_size,
+                    epochs=opts.epochs, seed=opts.seed + k, progress=ctx.progress, desc=f"ioc n{n} slot {k + 1}",
+                )  # fmt: skip
+                correct = int((preds == y[test]).sum())
+                put_share(result, f"{group}/acc_slot_{k + 1}", correct, n_test, family="accuracy", n=n,
+                          key=f"slot_{k + 1}", variant=variant, chance=1 / len(classes))  # fmt: skip
+                if big is not None:
+                    tally = pooled[(n, "large" if k == big else "small")]
+                    tally[0], tally[1] = tally[0] + correct, tally[1] + n_test
     for (n, role), (correct, total) in sorted(pooled.items()):
         put_share(result, f"n{n}/acc_{role}", correct, total, family="accuracy", n=n, key=role,
                   chance=1 / len(classes))  # fmt: skip
