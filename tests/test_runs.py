@@ -342,8 +342,11 @@ def test_ctrl_c_during_fit_exits_130(tmp_path: Path, corpus: str) -> None:
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     argv = ["fit", "--config", str(RECIPE), *TINY, "--data.train_data", corpus, "--trainer.max_steps", "100000",
             "--trainer.default_root_dir", str(run), *CSV_ONLY]  # fmt: skip
+    # SIGINT as a terminal delivers it, even when this test runs where SIGINT is ignored (a shell's background job
+    # without job control, e.g. `nohup make test &`): an ignored disposition would be inherited by the child.
     proc = subprocess.Popen([sys.executable, "-m", "clipprobe.cli", *argv], env=env, cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         deadline = time.monotonic() + 180
         while not ((run / "metrics.csv").is_file() and len(rows(run)) >= 1):
