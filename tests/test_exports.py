@@ -200,7 +200,7 @@ def test_eval_of_a_run_reproduces_its_probe_records(tmp_path: Path, corpus: str,
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("clipprobe: eval:")]
     assert said == [f"clipprobe: eval: probes, probe_set, generate, options taken from the run's BiasProbeCallback "
                     f"({run / 'config.yaml'}), as its probes.jsonl was made; pass --probes, --probe_set, --generate, "
-                    "--options, --vocab or --seed to override"]  # fmt: skip
+                    "--options, --vocab, --seed, --benchmarks or --benchmark_generate to override"]  # fmt: skip
     evaluated = sorted(read_records(sorted(out.glob("*.jsonl"))), key=lambda r: r.step)
     assert [(r.step, r.probe, Path(r.weights["path"]).name) for r in evaluated] == [
         (s, "tor", f"step={s:08d}") for s in (0, 2, 4)

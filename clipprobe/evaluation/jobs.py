@@ -281,8 +281,8 @@ def run_probe_settings(checkpoints: str | None, asked: ProbeSettings) -> ProbeSe
     used = {k: mine[k] if k in taken else v for k, v in given.items()}
     if taken:
         _say(f"clipprobe: eval: {', '.join(taken)} taken from the run's BiasProbeCallback ({run / 'config.yaml'}), as "
-             "its probes.jsonl was made; pass --probes, --probe_set, --generate, --options, --vocab or --seed to "
-             "override")  # fmt: skip
+             "its probes.jsonl was made; pass --probes, --probe_set, --generate, --options, --vocab, --seed, "
+             "--benchmarks or --benchmark_generate to override")  # fmt: skip
     return ProbeSettings(used["probes"], used["probe_set"], used["generate"], used["options"], used["vocab"],
                          int(used["seed"] or 0), taken, used["benchmarks"], used["dataset_root"],
                          run_cfg["cache_dir"] if "benchmarks" in taken else None, used["benchmark_generate"])  # fmt: skip
