@@ -235,7 +235,7 @@ def open_dataset(bench: Benchmark, transform: Any) -> Any:
 @probe_options("zeroshot_classification")
 @dataclass
 class ClassificationOptions:
-    """Options of ``zeroshot_classification``.
+    """Options of ``zeroshot_classification`` (and the loader options ``zeroshot_retrieval`` shares).
 
     Attributes:
         batch_size: images per loader batch (as CLIP_benchmark's ``--batch_size``).
@@ -252,22 +252,17 @@ class ClassificationOptions:
 
 @probe_options("zeroshot_retrieval")
 @dataclass
-class RetrievalOptions:
-    """Options of ``zeroshot_retrieval``.
+class RetrievalOptions(ClassificationOptions):
+    """Options of ``zeroshot_retrieval``: the loader's (``batch_size``, ``num_workers``) and
 
     Attributes:
-        batch_size: images per loader batch.
-        num_workers: loader workers (a webdataset set uses at most one per shard).
         recall_k: the k of recall@k (CLIP_benchmark's ``--recall_k``).
     """
 
-    batch_size: int = 64
-    num_workers: int = 0
     recall_k: list[int] = field(default_factory=lambda: [1, 5, 10])
 
     def __post_init__(self) -> None:
-        check_option(self, "batch_size", self.batch_size >= 1, "at least 1")
-        check_option(self, "num_workers", self.num_workers >= 0, "0 or more")
+        super().__post_init__()
         check_option(self, "recall_k", bool(self.recall_k) and all(k >= 1 for k in self.recall_k),
                      "a non-empty list of integers, each at least 1")  # fmt: skip
 
