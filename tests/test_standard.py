@@ -253,3 +253,17 @@ def test_mscoco_captions_from_a_local_folder(tmp_path: Path, capsys: pytest.Capt
     err = eval_error(capsys, tmp_path / "out2", "--probes", "[]", "--benchmarks", "mscoco_captions", "--dataset_root",
                      str(root))  # fmt: skip
     assert "coco_test_karpathy.json is missing" in err and sorted(p.name for p in root.iterdir()) == before
+
+
+def test_report_says_when_one_name_holds_two_datasets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two folders read under one dataset name give two identities; the report says their rows are not comparable."""
+    out = tmp_path / "out"
+    for rgb_set in ("a", "b"):
+        root = colour_set(tmp_path / rgb_set / "colours", repeats=2 if rgb_set == "a" else 3)
+        main(["eval", "--model", "clipprobe-tiny", "--probes", "[]", "--benchmarks", "wds/colours", "--dataset_root",
+              str(root), "--device", "cpu", "--progress", "false", "--out", str(out)])  # fmt: skip
+    assert len(list(out.glob("*.jsonl"))) == 2
+    capsys.readouterr()
+    main(["report", str(out), "--out", str(tmp_path / "rep")])
+    said = capsys.readouterr().out
+    assert "wds-colours names 2 different data sets" in said

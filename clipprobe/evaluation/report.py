@@ -56,6 +56,7 @@ def report(
         raise UserError(f"--out {out} holds the result files themselves; choose a folder outside them")
     check_output_dir(out, overwrite)
     records = order_records(load_records(files))
+    _say_mixed_targets(records)
     with staged_dir(out) as stage:
         rows = csv_rows(records)
         atomic_write_text(stage / "results.csv", to_csv(rows))
@@ -68,3 +69,23 @@ def report(
             n_plots = len(report_plots(records, stage / "plots", x, min_count))
     print(f"report: {len(records)} results from {len(files)} files, {len(rows)} metric rows, {n_plots} plots -> {out}")
     return Path(out)
+
+
+def _say_mixed_targets(records: list) -> None:
+    """One line per target name that stands for different probe sets or datasets (another manifest or folder
+    fingerprint) for one model, weights and step: their rows are not comparable, and a summary cell shows one."""
+    import json
+
+    seen: dict[tuple, set[str]] = {}
+    for r in records:
+        key = (r.model, json.dumps(r.weights, sort_keys=True), r.step, r.target, r.probe)
+        seen.setdefault(key, set()).add(
+            str((r.probe_set or {}).get("manifest_sha256") or (r.probe_set or {}).get("path"))
+        )
+    for (model, _, step, target, probe), prints in seen.items():
+        if len(prints) > 1:
+            at = f" at step {step}" if step is not None else ""
+            print(
+                f"report: warning: {target} names {len(prints)} different data sets for {model} {probe}{at} (other "
+                "manifest or files); their rows are not comparable: report one of them, or give them other names"
+            )
