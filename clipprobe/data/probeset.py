@@ -117,7 +117,8 @@ class Scene:
 
 @dataclass
 class ProbeSet:
-    """A loaded probe set: where it is, its vocabulary, one reference image per object, and scenes."""
+    """A loaded probe set: where it is, its vocabulary, one reference image per object, and scenes (and, for a
+    real data set such as COCO, its captions)."""
 
     root: Path
     kind: str
@@ -125,6 +126,9 @@ class ProbeSet:
     references: dict[str, Path]
     scenes: list[Scene]
     manifest: dict[str, Any] = field(default_factory=dict)
+    # Real captions naming several objects, ``(objects in mention order, text)``: COCO's (clipprobe.data.coco),
+    # which COCO-TOR uses in place of generated ones; empty for generated and published sets.
+    captions: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
 
     @property
     def name(self) -> str:

@@ -26,6 +26,7 @@ from clipprobe.evaluation.jobs import (
     ProbeSettings,
     check_options,
     load_benchmarks,
+    load_coco_target,
     load_probe_sets,
     model_specs,
     plan_jobs,
@@ -51,6 +52,9 @@ def evaluate(
     dataset_root: str | None = None,
     benchmark_generate: dict[str, dict[str, Any]] | None = None,
     split: str = "test",
+    coco_root: str | None = None,
+    coco_split: str = "val2017",
+    coco_references: str | None = None,
     out: str = "results",
     skip_existing: bool = False,
     device: str = "auto",
@@ -98,6 +102,14 @@ def evaluate(
         benchmark_generate: generation options of the offline sets, by name, as for 'clipprobe data benchset'
             (e.g. ``{comco-objects: {per_class: 20}, heldout: {num_samples: 2000}}``).
         split: the datasets' split.
+        coco_root: a local COCO folder (annotations/instances_SPLIT.json, captions_SPLIT.json, SPLIT/ images): adds
+            the study's COCO probes (target ``mscoco-SPLIT``): tor over COCO's captions naming 2-5 objects, in
+            mention order (COCO-TOR), and i2tor and ior over its images with 2-5 annotated objects, ranked by
+            area (large = the largest). Other probes do not run on it. clipprobe never downloads COCO.
+        coco_split: the COCO split to read (val2017, train2017, val2014, ...).
+        coco_references: IOR's reference images on COCO: a folder of one image per object (``<name>.png``, or
+            class folders as DomainNet's, first image of each), a probe set folder (its references), or comco /
+            simco for the generated set's (with --generate). Without it, ior does not run on COCO.
         out: results folder.
         skip_existing: do not rerun a job whose result file holds a record of the same identity (resume a sweep).
         device: auto (cuda when available), cpu, cuda or cuda:N.
@@ -130,11 +142,13 @@ def evaluate(
     benchmarks, dataset_root, benchmark_generate = used.benchmarks, used.dataset_root, used.benchmark_generate
     config.update(probes=probes, probe_set=probe_set, generate=generate, options=options, vocab=vocab, seed=seed,
                   benchmarks=benchmarks, dataset_root=dataset_root, benchmark_generate=benchmark_generate)  # fmt: skip
-    chosen = resolve_probes(probes, with_probe_sets=bool(probe_set))
+    chosen = resolve_probes(probes, with_probe_sets=bool(probe_set or coco_root))
     check_options(dict(options or {}), chosen)
     if not chosen and not benchmarks:
         raise UserError("nothing to run: --probes is empty and no --benchmarks are given; name probes or datasets")
     sets = load_probe_sets(probe_set, generate)
+    if coco_root:
+        sets.append(load_coco_target(coco_root, coco_split, coco_references, vocab, list(chosen), generate))
     needy = [n for n, p in chosen.items() if p.needs_probe_set]
     if needy and not sets:
         raise UserError(f"probe {needy[0]} needs a probe set; pass --probe-set DIR (or comco to generate one)")

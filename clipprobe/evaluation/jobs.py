@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from clipprobe.errors import UserError
-from clipprobe.evaluation.runner import Target, asked_options, file_sha256, has_vocab_target, runs_on
+from clipprobe.evaluation.runner import Target, asked_options, has_vocab_target, runs_on
+from clipprobe.fileio import file_sha256
 
 RESULT_TEMPLATE = "{model}__{weights}__{target}__{probe}__{identity}.jsonl"
 
@@ -374,6 +375,44 @@ def load_probe_sets(entries: list[str] | None, generate: dict[str, Any] | None) 
             path = ensure_probe_set(entry, **dict(generate or {}))
         sets.append(ProbeSet.load(path))
     return sets
+
+
+def load_coco_target(
+    root: str, split: str, references: str | None, vocab: str | None, probes: list[str],
+    generate: dict[str, Any] | None,
+) -> Any:  # fmt: skip
+    """``--coco_root``: COCO as a probe set (:func:`clipprobe.data.coco.load_coco`) on the vocabulary in use, with
+    IOR's references (a folder, or a generated set's by kind); prints one line on what it holds and which of the
+    probes asked run on it.
+
+    Raises:
+        UserError: a bad COCO folder or references, or none of the COCO probes asked.
+    """
+    from clipprobe.data.coco import load_coco
+    from clipprobe.data.vocab import COCO_NAMES, load_vocab
+    from clipprobe.evaluation.runner import REAL_SET_PROBES, real_set_runs
+
+    if not any(p in REAL_SET_PROBES for p in probes):
+        raise UserError(f"--coco_root runs {', '.join(REAL_SET_PROBES)}, none of which is among --probes; add them "
+                        "or leave --coco_root out")  # fmt: skip
+    refs = references
+    if references in ("comco", "simco") and not Path(references).exists():
+        from clipprobe.data.generate import ensure_probe_set
+
+        refs = str(ensure_probe_set(references, **dict(generate or {})))
+    ps = load_coco(root, split, vocab=load_vocab(vocab) if vocab else list(COCO_NAMES), references=refs,
+                   need_images=any(p in ("ior", "i2tor") for p in probes))  # fmt: skip
+    runs = [p for p in probes if p in REAL_SET_PROBES and real_set_runs(p, ps)]
+    left = [p for p in probes if p not in runs]
+    why = {"ior": "ior needs --coco_references"} if "ior" in left and not ps.references else {}
+    per_n = ", ".join(f"n{n}: {ps.manifest['scenes_per_n'][str(n)]}/{ps.manifest['captions_per_n'][str(n)]}"
+                      for n in ps.manifest["counts"])  # fmt: skip
+    dropped = ps.manifest["dropped_images"]["outside_vocabulary"]
+    _say(f"clipprobe: eval: {ps.name}: {len(ps.scenes):,} images and {len(ps.captions):,} captions with 2-5 objects "
+         f"(images/captions {per_n}; {dropped:,} images left out for an object outside the vocabulary); runs "
+         f"{', '.join(runs) or 'nothing'}"
+         + (f"; not on COCO: {', '.join(why.get(p, p) for p in left)}" if left else ""))  # fmt: skip
+    return ps
 
 
 def targets(probe_sets: list[Any], vocab: str | None, image_probes: bool, text_probes: bool) -> list[Target]:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from clipprobe.data.probeset import MANIFEST, ProbeSet
@@ -52,17 +50,22 @@ class Target:
         if ps is None:
             return None
         keys = ("kind", "generator_version", "seed", "image_size", "size_ratio", "counts", "num_scenes")
+        real = ("split", "num_captions", "references")  # a real data set's (COCO)
         return {
             "name": ps.name,
             "path": str(ps.root.resolve()),
             "manifest_sha256": probe_set_fingerprint(ps),
             **{k: ps.manifest.get(k) for k in keys},
+            **{k: ps.manifest[k] for k in real if k in ps.manifest},
         }
 
 
 def probe_set_fingerprint(ps: ProbeSet) -> str:
-    """SHA-256 of the probe set's ``manifest.json`` and ``metadata.jsonl`` (clipprobe's layout), or of
-    its image files' relative paths and sizes (the study's published layout, which has no manifest)."""
+    """SHA-256 of the probe set's ``manifest.json`` and ``metadata.jsonl`` (clipprobe's layout), of its image
+    files' relative paths and sizes (the study's published layout, which has no manifest), or the fingerprint a
+    loader computed (COCO: its annotation files' hashes, references, vocabulary and counts)."""
+    if ps.manifest.get("fingerprint"):
+        return str(ps.manifest["fingerprint"])
     digest = hashlib.sha256()
     own = [ps.root / MANIFEST, ps.root / "metadata.jsonl"]
     if own[0].is_file():
@@ -73,23 +76,6 @@ def probe_set_fingerprint(ps: ProbeSet) -> str:
         for path in sorted(ps.root.rglob("*.png")):
             digest.update(f"{path.relative_to(ps.root)}:{path.stat().st_size}\n".encode())
     return digest.hexdigest()
-
-
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, remembered per (path, size, mtime) within the process."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_HASHES:
-        digest = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        _FILE_HASHES[key] = digest.hexdigest()
-    return _FILE_HASHES[key]
 
 
 @dataclass(frozen=True)
@@ -103,14 +89,31 @@ class ModelInfo:
     run: dict[str, Any] | None = None
 
 
+# The probes a real data set (COCO, clipprobe.data.coco) runs: COCO-TOR on its captions, IOR against reference
+# images (when it has them) and I2TOR on its images, as the study's Tables 3-4.
+REAL_SET_PROBES = ("tor", "ior", "i2tor")
+
+
+def real_set_runs(probe: str, ps: ProbeSet) -> bool:
+    """Whether ``probe`` runs on a real data set: one of :data:`REAL_SET_PROBES`, with what it needs there."""
+    if probe == "tor":
+        return bool(ps.captions)
+    if probe == "ior":
+        return bool(ps.scenes and ps.references)
+    return probe == "i2tor" and bool(ps.scenes)
+
+
 def runs_on(probe: str, target: Target, has_vocab_target: bool) -> bool:
-    """A dataset runs its own standard task only; image probes run on probe sets; text probes on the
-    vocabulary target, or on each set when there is none."""
+    """A dataset runs its own standard task only; a real data set (COCO) the probes of :func:`real_set_runs`;
+    image probes run on probe sets; text probes on the vocabulary target, or on each set when there is none."""
+    from clipprobe.data.coco import KIND as COCO_KIND
     from clipprobe.probes.suite import PROBES
 
     spec = PROBES[probe]
     if target.dataset is not None or spec.needs_dataset:
         return target.dataset is not None and target.dataset.task == probe
+    if target.probe_set is not None and target.probe_set.kind == COCO_KIND:
+        return real_set_runs(probe, target.probe_set)
     if spec.needs_probe_set:
         return target.probe_set is not None
     return target.probe_set is None or not has_vocab_target

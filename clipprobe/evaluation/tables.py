@@ -197,8 +197,9 @@ def to_markdown(records: Sequence[Record], min_count: int = 30) -> str:
         "95% intervals (Wilson) in brackets; `count` is the denominator (the queries). Tables counted over "
         "every query come first; shares among hits (`share`) rest only on the hits, so each cell gives its "
         f"count `n=..`, and {THIN} marks those under {min_count} cases (left out of the plots). Rows marked "
-        f"*study* give the published values ({STUDY}, measured on the study's Blender renders of ComCO) for the "
-        "same model and tag; clipprobe's ComCO uses emoji sprites, so expect the pattern, not the digits, to agree. "
+        f"*study* give the published values ({STUDY}, measured on the study's Blender renders of ComCO, or on COCO "
+        "for the `mscoco` targets: its Tables 3-4, IOR with DomainNet references) for the same model and tag; "
+        "clipprobe's ComCO uses emoji sprites, so expect the pattern, not the digits, to agree. "
         "The study's TOR shares are among substring hits of its paper-mode captions, so they stand only beside tor "
         "and mitigation rows counted that way (`mode: paper`, `hits: substring`); beneath other rows a *study* row "
         "without values says why they are not comparable.",

@@ -3,11 +3,14 @@
 Scenes with a large object are indexed by **role**: ``large``, then ``small_1 .. small_{n-1}``
 (the small objects in slot order). Scenes without one (the equal-size variant, or published
 folders whose large slot is unknown) are indexed by slot, ``slot_1 .. slot_n``, under the prefix
-``equal/``.
+``equal/``. On COCO (:mod:`clipprobe.data.coco`) a scene's slots are its objects by annotated area, largest
+first, so ``large`` is the largest object and ``small_k`` the (k+1)-th largest (the study's Table 4); IOR and
+I2TOR keep the images whose objects all have a reference and say how many that is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -15,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from clipprobe.data.coco import KIND as COCO_KIND
 from clipprobe.data.probeset import ProbeSet, Scene
 from clipprobe.errors import UserError
 from clipprobe.probes.base import ProbeContext, ProbeResult, register
@@ -88,6 +92,29 @@ def retrieval_result(
     return result
 
 
+def retrievable(ps: ProbeSet, references: Sequence[str], probe: str) -> tuple[ProbeSet, list[str]]:
+    """The scenes IOR or I2TOR can score against ``references``: on COCO those whose objects all have one (an
+    image may show an object the references lack), with a note saying how many; a generated or published set
+    as it is (:func:`retrieval_result` refuses an object without a reference there: the set is broken).
+
+    Raises:
+        UserError: no COCO image has all its objects among the references.
+    """
+    if ps.kind != COCO_KIND:
+        return ps, []
+    have = set(references)
+    kept = [s for s in ps.scenes if all(o in have for o in s.names)]
+    if not kept:
+        raise UserError(f"{probe}: none of the {len(ps.scenes)} COCO images has all its objects among the "
+                        f"{len(have)} references; give references that cover COCO's names (--coco_references)")  # fmt: skip
+    if len(kept) == len(ps.scenes):
+        return ps, []
+    per_n = ", ".join(f"n{n}: {sum(s.n == n for s in kept)}" for n in sorted({s.n for s in kept}))
+    note = (f"{len(kept)} of {len(ps.scenes)} COCO images ({per_n}): those whose objects all have one of the "
+            f"{len(have)} references")  # fmt: skip
+    return dataclasses.replace(ps, scenes=kept), [note]
+
+
 def _scene_paths(probe_set: ProbeSet) -> list[str]:
     return [str(probe_set.path(s)) for s in probe_set.scenes]
 
@@ -105,6 +132,9 @@ def ior(ctx: ProbeContext) -> ProbeResult:
     parse_options(IorOptions, ctx.options, "ior")
     ps = _require_probe_set(ctx, "ior")
     references = list(ps.references)
+    if not references:
+        raise UserError(f"ior needs reference images; {ps.name} has none (for COCO pass --coco_references DIR)")
+    ps, notes = retrievable(ps, references, "ior")
     ref_paths = [str(ps.references[r]) for r in references]
     emb, row = encode_unique(ctx.encoder.encode_images, ref_paths + _scene_paths(ps))
     result = retrieval_result(
@@ -115,8 +145,13 @@ def ior(ctx: ProbeContext) -> ProbeResult:
         references,
         Shard.of(ctx.encoder),
     )
-    result.config = {"references": "images", "num_references": len(references)}
+    result.config = {"references": "images", "num_references": len(references), **_roles(ps)}
+    result.notes += notes
     return result
+
+
+def _roles(ps: ProbeSet) -> dict[str, str]:
+    return {"roles": "by annotated area, largest first"} if ps.kind == COCO_KIND else {}
 
 
 @probe_options("i2tor")
@@ -135,6 +170,7 @@ def i2tor(ctx: ProbeContext) -> ProbeResult:
     opts = parse_options(I2torOptions, ctx.options, "i2tor")
     ps = _require_probe_set(ctx, "i2tor")
     vocab = resolve_vocab(ctx)
+    ps, notes = retrievable(ps, vocab, "i2tor")
     texts = [render(opts.template, [v]) for v in vocab]
     text_emb, text_row = encode_unique(ctx.encoder.encode_texts, texts)
     img_emb, img_row = encode_unique(ctx.encoder.encode_images, _scene_paths(ps))
@@ -146,7 +182,8 @@ def i2tor(ctx: ProbeContext) -> ProbeResult:
         vocab,
         Shard.of(ctx.encoder),
     )
-    result.config = {**asdict(opts), "references": "texts", "num_references": len(vocab)}
+    result.config = {**asdict(opts), "references": "texts", "num_references": len(vocab), **_roles(ps)}
+    result.notes += notes
     return result
 
 

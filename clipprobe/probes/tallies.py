@@ -144,7 +144,9 @@ def substring_hits(sims: Tensor, n: int, texts: Sequence[str], references: Seque
     """The study's hit test (its TOR script: ``all(word in sentence for word in topn_words)``): a
     query is a hit when every one of its n nearest references (:func:`nearest_n`) is a substring of
     its text. So "bench and hot dog" retrieving {hot dog, dog} is a hit ("dog" is inside "hot dog"),
-    and "car" is found in "carrot".
+    and "car" is found in "carrot". Case is ignored: the same as the study's test on generated captions
+    (lower case, as the names), and on COCO's captions ("Dogs on a couch") a capital letter must not hide
+    the first-mentioned object.
 
     Args:
         sims: ``[B, V]`` similarity of each query to every reference.
@@ -158,6 +160,7 @@ def substring_hits(sims: Tensor, n: int, texts: Sequence[str], references: Seque
     if len(texts) != sims.shape[0] or len(references) != sims.shape[1]:
         raise ValueError(f"{len(texts)} texts and {len(references)} references for sims {tuple(sims.shape)}")
     rows, cols = nearest_n(sims, n).nonzero(as_tuple=True)
+    texts, references = [t.casefold() for t in texts], [r.casefold() for r in references]
     outside = [references[c] not in texts[r] for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
     misses = torch.zeros(sims.shape[0], dtype=torch.long)
     misses.index_add_(0, rows.cpu(), torch.tensor(outside, dtype=torch.long))

@@ -4,6 +4,8 @@ TOR compares each caption's embedding with the embedding of every vocabulary nam
 as in the study) and tallies, per number of objects n, which position the nearest name holds. A
 caption is a *hit* when its n nearest names are exactly its objects (``hits: exact``, the default) or,
 as the study's script counts, when each of them is a substring of the caption (``hits: substring``).
+On COCO (:mod:`clipprobe.data.coco`) ``tor`` is the study's COCO-TOR: COCO's own captions that name 2-5
+vocabulary objects, the objects in mention order, instead of generated ones.
 """
 
 from __future__ import annotations
@@ -206,6 +208,8 @@ def tor(ctx: ProbeContext) -> ProbeResult:
     one's position; keys ``n{n}/hit_rate``, ``n{n}/share_k``, ``n{n}/share_k_all``, ``n{n}/closest_k``,
     ``n{n}/bias_index``."""
     opts = parse_options(TorOptions, ctx.options, "tor")
+    if ctx.probe_set is not None and ctx.probe_set.captions:
+        return _real_tor(ctx, opts)
     seed = ctx.seed if opts.seed is None else opts.seed
     vocab, vocab_notes = tor_vocab(ctx, opts)
     counts = resolve_counts(ctx, opts.n)
@@ -215,6 +219,43 @@ def tor(ctx: ProbeContext) -> ProbeResult:
     for n in counts:
         put_position_shares(result, tallies["plain"][n])
     result.notes += vocab_notes + _paper_notes(opts, vocab, captions)
+    return result
+
+
+def real_captions(ctx: ProbeContext, counts: Sequence[int] | None) -> dict[int, list[Caption]]:
+    """A real data set's captions (COCO's) by number of objects named: ``counts``, else every n they hold.
+
+    Raises:
+        UserError: a caption names an object outside the vocabulary in use (the set was read with another).
+    """
+    ps = ctx.probe_set
+    assert ps is not None
+    vocab = set(resolve_vocab(ctx))
+    stray = next((o for objects, _ in ps.captions for o in objects if o not in vocab), None)
+    if stray is not None:
+        raise UserError(f"tor: {ps.name}'s captions name '{stray}', not in the vocabulary; read the set with the "
+                        "vocabulary the probes use")  # fmt: skip
+    ns = sorted(set(counts)) if counts else sorted({len(objects) for objects, _ in ps.captions})
+    return {n: [Caption(o, text) for o, text in ps.captions if len(o) == n] for n in ns}
+
+
+def _real_tor(ctx: ProbeContext, opts: TorOptions) -> ProbeResult:
+    """COCO-TOR: TOR over a real data set's captions; the options that make captions (mode, template,
+    max_captions, num_captions, orders, seed) do not apply."""
+    ps = ctx.probe_set
+    assert ps is not None
+    vocab = resolve_vocab(ctx)
+    captions = real_captions(ctx, opts.n)
+    empty = [n for n, caps in captions.items() if not caps]
+    captions = {n: caps for n, caps in captions.items() if caps}
+    tallies = tor_tallies(ctx.encoder, vocab, captions, "bare", hits=opts.hits)
+    result = ProbeResult("tor", config={"captions": ps.kind, "hits": opts.hits, "n": list(captions), "vocab": vocab,
+                                        "num_captions": {str(n): len(c) for n, c in captions.items()}})  # fmt: skip
+    for n in captions:
+        put_position_shares(result, tallies["plain"][n])
+    result.notes.append(f"{ps.name}'s own captions naming n objects, in mention order (mode, template and the "
+                        "caption counts do not apply)")  # fmt: skip
+    result.notes += [f"n{n}: no caption names {n} objects" for n in empty]
     return result
 
 
