@@ -66,9 +66,14 @@ COMMANDS: CommandTree = {
         "clipprobe.evaluation.runplots:plot", "PNG probe curves and loss of a training run (probes.jsonl, metrics.csv)."
     ),
     "experiment": {
+        "run": Command(
+            "clipprobe.experiments.conditions:experiment",
+            "Train one tiny CLIP per condition (caption order, fit overrides) and seed; compare bias curves.",
+        ),
         "emergence": Command(
-            "clipprobe.experiments.emergence:emergence", "Train one tiny CLIP per caption order; compare bias curves."
-        )
+            "clipprobe.experiments.conditions:experiment",
+            "The caption-order experiment (experiment run's defaults): one tiny CLIP per caption order.",
+        ),
     },
     "analyze": {
         "corpus": Command(

@@ -313,3 +313,20 @@ def file_sha256(path: str | os.PathLike) -> str:
                 digest.update(block)
         _FILE_HASHES[key] = digest.hexdigest()
     return _FILE_HASHES[key]
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (made if missing) for the block: processes sharing a folder
+    (the tasks of a SLURM array generating one corpus) take turns. ``fcntl.flock``, which local file systems and
+    the usual cluster ones (Lustre, GPFS, NFSv4) honour."""
+    import fcntl
+
+    lock = Path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

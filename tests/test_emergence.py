@@ -12,7 +12,7 @@ import torch
 from clipprobe.cli import main
 from clipprobe.data.corpus import GENERATOR_VERSION, CorpusConfig, generate_corpus
 from clipprobe.evaluation.records import read_records
-from clipprobe.experiments.emergence import Condition, parse_condition
+from clipprobe.experiments.conditions import Condition, parse_condition
 
 RECIPE = str(Path(__file__).parents[1] / "configs" / "fit" / "tiny-synthetic.yaml")
 FIT_ARGS = [
@@ -108,63 +108,72 @@ def test_retrieval_probe_counts_whole_batches(tmp_path: Path, monkeypatch: pytes
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_emergence_end_to_end(tmp_path: Path) -> None:
-    """Two conditions, 8 steps each, probed by the callback at steps 0, 4 and 8 into records; a rerun reuses
-    the runs and gives the same plot bytes."""
+@pytest.mark.timeout(900)
+def test_experiment_end_to_end(tmp_path: Path) -> None:
+    """Two conditions (a caption order, and a named one with fit overrides: the bidirectional text tower and
+    caption-order augmentation) x two seeds, 8 steps each, probed by the callback at steps 0, 4 and 8; one task run
+    alone first (a SLURM array task), then the rest; a rerun reuses the runs and gives the same plot bytes."""
     out, work = tmp_path / "out", tmp_path / "work"
-    argv = ["experiment", "emergence", "--out", str(out), "--work", str(work), "--conditions", "size_first:1.0,random",
-            "--recipe", RECIPE, "--fit-args=" + json.dumps(FIT_ARGS), "--num-samples", "96", "--heldout-samples",
-            "40", "--steps", "8", "--batch-size", "12", "--every", "4", "--tor-n", "2,3", "--tor-captions", "30",
-            "--probe-scenes", "6", "--retrieval-batch", "20", "--plot-n", "2", "--threads", "1", "--progress",
-            "false"]  # fmt: skip
+    config = tmp_path / "experiment.yaml"
+    config.write_text(json.dumps({"conditions": ["size_first:1.0", {"name": "bidir_aug", "order": "size_first",
+                                                                     "p_order": 1.0, "fit": {
+        "model.model_name": "clipprobe-tiny-bidir", "data.order_augment": True}}], "seeds": [0, 1]}))  # fmt: skip
+    argv = ["experiment", "run", "--config", str(config), "--out", str(out), "--work", str(work), "--recipe", RECIPE,
+            "--fit-args=" + json.dumps(FIT_ARGS), "--num-samples", "96", "--heldout-samples", "40", "--steps", "8",
+            "--batch-size", "12", "--every", "4", "--tor-n", "2,3", "--tor-captions", "30", "--probe-scenes", "6",
+            "--retrieval-batch", "20", "--plot-n", "2", "--threads", "1", "--progress", "false"]  # fmt: skip
+    main([*argv, "--task_index", "3"])  # bidir_aug, seed 1 alone: nothing written to --out
+    assert not out.exists()
+    alone = work / "runs" / "bidir_aug" / "seed1" / "checkpoints" / "last.ckpt"
+    assert alone.is_file() and not (work / "runs" / "size_first_p1").exists()
+    alone_mtime = alone.stat().st_mtime_ns
     main(argv)
+    assert alone.stat().st_mtime_ns == alone_mtime  # the finished task was not redone
     assert sorted(p.name for p in out.iterdir()) == ["emergence.png", "records.jsonl", "results.md", "timing.json"]
-    assert (out / "emergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = read_records(out / "records.jsonl")
     assert {r.source for r in records} == {"experiment"}
-    for name in ("size_first_p1", "random"):
-        mine = [r for r in records if r.run["condition"] == name]
-        assert all(r.run["seed"] == 0 and r.run["dir"].endswith(f"runs/{name}") for r in mine)
-        assert [(r.step, r.samples_seen, r.probe) for r in mine] == [
-            (step, 12 * step, p) for step in (0, 4, 8) for p in ("tor", "ior", "retrieval")]  # fmt: skip
-        last = {r.probe: r for r in mine if r.step == 8}
-        assert last["tor"].metric("n2/closest_1").count == 30 and last["tor"].metric("n3/closest_1").count == 30
-        assert last["ior"].metric("n2/closest_large").count == 12  # 6 scenes x 2 large slots
-        assert last["retrieval"].metric("recall@1").count == 40
-        for r in mine:
-            for m in r.metrics:
-                lo, hi = m.interval
-                assert m.value != m.value or lo - 1e-9 <= m.value <= hi + 1e-9, m.name
-    step0 = {(r.run["condition"], r.probe): [m.to_json() for m in r.metrics] for r in records if r.step == 0}
-    # Same initialisation for every condition: identical step-0 probes.
-    assert step0[("size_first_p1", "tor")] == step0[("random", "tor")]
-    # Training differs only through the captions; the trained weights must differ.
-    last = {(r.run["condition"], r.probe): [m.to_json() for m in r.metrics] for r in records if r.step == 8}
-    assert last[("size_first_p1", "tor")] != last[("random", "tor")]
+    for name in ("size_first_p1", "bidir_aug"):
+        for seed in (0, 1):
+            mine = [r for r in records if r.run["condition"] == name and r.run["seed"] == seed]
+            assert all(r.run["dir"].endswith(f"runs/{name}/seed{seed}") for r in mine)
+            assert [(r.step, r.samples_seen, r.probe) for r in mine] == [
+                (step, 12 * step, p) for step in (0, 4, 8) for p in ("tor", "ior", "retrieval")]  # fmt: skip
+            last = {r.probe: r for r in mine if r.step == 8}
+            assert last["tor"].metric("n2/closest_1").count == 30 and last["ior"].metric("n2/closest_large").count == 12
+            assert last["retrieval"].metric("recall@1").count == 40
+    hp = torch.load(work / "runs" / "bidir_aug" / "seed0" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert hp["hyper_parameters"]["model_name"] == "clipprobe-tiny-bidir"
+    assert hp["datamodule_hyper_parameters"]["order_augment"] is True
+    step0 = {(r.run["condition"], r.run["seed"], r.probe): [m.to_json() for m in r.metrics] for r in records
+             if r.step == 0}  # fmt: skip
+    assert step0[("size_first_p1", 0, "ior")] != step0[("size_first_p1", 1, "ior")]  # seeds initialise differently
     table = (out / "results.md").read_text()
-    assert "| size_first_p1 | 96 |" in table and "| random | 96 |" in table
+    assert "| size_first_p1 | 96 |" in table and "| bidir_aug | 96 |" in table and "2 seeds" in table
+    assert "tor share_1 n=2" in table and "run ±" in table
 
     before = (out / "emergence.png").read_bytes()
-    mtime = (work / "runs" / "random" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    mtime = (work / "runs" / "size_first_p1" / "seed0" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     with pytest.raises(SystemExit):  # a non-empty --out is kept
         main(argv)
     main([*argv, "--overwrite"])
     assert (out / "emergence.png").read_bytes() == before  # same records, same bytes
-    assert (work / "runs" / "random" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == mtime  # not retrained
+    assert (work / "runs" / "size_first_p1" / "seed0" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == mtime
     with pytest.raises(SystemExit) as exc:  # a work folder trained with other settings is not reused
         main([*argv, "--overwrite", "--steps", "12"])
     assert exc.value.code == 2 and (out / "emergence.png").read_bytes() == before
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--task_index", "4"])
+    assert exc.value.code == 2
 
     # A corpus made by another generator version is regenerated, not reused (clipprobe 0.2's corpora named
     # hidden objects); a run folder claimed before the generator version was recorded is refused.
-    manifest = work / "corpora" / "random-heldout" / "corpus.json"
+    manifest = work / "corpora" / "size_first_p1-s0-heldout" / "corpus.json"
     stale = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**stale, "generator_version": stale["generator_version"] - 1}))
     main([*argv, "--overwrite"])
     assert json.loads(manifest.read_text())["generator_version"] == GENERATOR_VERSION
     assert (out / "emergence.png").read_bytes() == before
-    claim = work / "runs" / "random" / "experiment.json"
+    claim = work / "runs" / "size_first_p1" / "seed0" / "experiment.json"
     claim.write_text(json.dumps({k: v for k, v in json.loads(claim.read_text()).items() if k != "corpus_generator"}))
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--overwrite"])

@@ -70,8 +70,12 @@ def test_final_table_gives_the_last_steps(tmp_path: Path) -> None:
     assert lines[0] == "| condition | samples seen | tor closest_1 (first mention nearest) | tor hit_rate n=4 |"
     size_first = lines[2].split(" | ")
     # step 100 is the last (steps compared as numbers): seeds 0.60 and 0.61
-    assert size_first[:3] == ["| size_first", "6,400", "60.5 (60.0–61.0, 2 seeds)"]
-    assert size_first[3] == "100.0 (100.0–100.0, 2 seeds) |"
+    # with the median half-width of the runs' own Wilson intervals (60 and 61 of 100)
+    from clipprobe.probes.stats import wilson
+
+    half = sum((hi - lo) / 2 for lo, hi in (wilson(60, 100), wilson(61, 100))) / 2
+    assert size_first[:3] == ["| size_first", "6,400", f"60.5 (60.0–61.0, 2 seeds; run ±{100 * half:.1f})"]
+    assert size_first[3].startswith("100.0 (100.0–100.0, 2 seeds; run ±")
     random_row = lines[3]
     assert random_row.startswith("| random | 6,400 | 35.0 [") and "100.0 [96.3, 100.0]" in random_row
     assert "Chance: tor closest_1 (first mention nearest) = 25.0." in table

@@ -51,7 +51,14 @@ from clipprobe.data.scenes import MIN_SMALL_PX
 from clipprobe.data.sprites import object_names
 from clipprobe.data.tars import expand_urls, is_local, iter_corpus_samples
 from clipprobe.errors import UserError
-from clipprobe.fileio import atomic_write_json, check_not_input, check_output_dir, check_writable, staged_dir
+from clipprobe.fileio import (
+    atomic_write_json,
+    check_not_input,
+    check_output_dir,
+    check_writable,
+    file_lock,
+    staged_dir,
+)
 
 GENERATOR_VERSION = "1"
 BENCHSETS = ("comco-objects", "simco-objects", "heldout")
@@ -493,8 +500,8 @@ def ensure_benchset(name: str, /, cache_dir: str | os.PathLike | None = None, **
     cache and then reused.
 
     The folder, ``<cache>/<name>-<hash16>``, is named after a hash of the resolved parameters (defaults filled in)
-    and the generator versions, so equal requests share one folder. Call it from one process at a time (under
-    DDP: rank 0 first, then a barrier).
+    and the generator versions, so equal requests share one folder. Processes sharing the cache (the tasks of an array)
+    take turns through a lock file; under DDP call it on rank 0 first, then a barrier.
 
     Args:
         name: one of :data:`BENCHSETS`.
@@ -518,7 +525,9 @@ def ensure_benchset(name: str, /, cache_dir: str | os.PathLike | None = None, **
     if not (path / MANIFEST).is_file():
         where = "cache_dir" if cache_dir is not None else "$CLIPPROBE_CACHE"
         check_writable(path, "the benchset cache", f"set {where} to a folder you can write")
-        generate_benchset(cfg, path, overwrite=True, progress=progress)
+        with file_lock(path.with_name(path.name + ".lock")):  # processes sharing the cache take turns
+            if not (path / MANIFEST).is_file():  # another process may have made it meanwhile
+                generate_benchset(cfg, path, overwrite=True, progress=progress)
     return path
 
 

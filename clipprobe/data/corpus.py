@@ -100,6 +100,21 @@ def caption(names: Sequence[str], template: int) -> str:
     return text.format(list=join_names([with_article(n) for n in names]), bare=join_names(list(names)))
 
 
+def reordered_caption(meta: Any, order: Sequence[int]) -> str | None:
+    """A corpus sample's caption re-rendered with its mentions in ``order`` (indices into ``meta["mentioned"]``),
+    with the same template: what caption-order augmentation trains on. None when ``meta`` is not a clipprobe corpus
+    sample's (no ``mentioned`` names and ``template``) or its caption is not the plain rendering of them (size words
+    such as "large dog" were added): such a caption cannot be re-ordered faithfully."""
+    if not isinstance(meta, dict):
+        return None
+    names, template = meta.get("mentioned"), meta.get("template")
+    if not isinstance(names, list) or not names or not isinstance(template, int) or len(order) != len(names):
+        return None
+    if caption(names, template) != meta.get("caption"):
+        return None
+    return caption([names[k] for k in order], template)
+
+
 # ---------------------------------------------------------------------------------------------
 # Backgrounds: bg(rng, size) -> [size, size, 3] uint8. Light colours keep the emoji visible.
 

@@ -27,7 +27,14 @@ from clipprobe.data.scenes import COUNTS, MIN_SMALL_PX, Geometry, SceneSpec, lay
 from clipprobe.data.scenes import reference_size as _reference_size
 from clipprobe.data.sprites import check_objects, object_names
 from clipprobe.errors import UserError
-from clipprobe.fileio import atomic_write_json, atomic_write_text, check_output_dir, check_writable, staged_dir
+from clipprobe.fileio import (
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    check_writable,
+    file_lock,
+    staged_dir,
+)
 
 GENERATOR_VERSION = "1"
 MIN_DEFAULT_SCENES = 200  # default scenes per group: the least multiple of the object count >= this
@@ -383,8 +390,8 @@ def ensure_probe_set(kind: str, /, cache_dir: str | os.PathLike | None = None, *
     """The folder of a probe set with these parameters, generated once into a cache and then reused.
 
     The folder is named after a hash of the resolved parameters (defaults filled in) and the
-    generator version, so equal requests share one folder. Call it from one process at a time
-    (under DDP: rank 0 first, then a barrier).
+    generator version, so equal requests share one folder. Processes sharing the cache (the tasks of an array) take
+    turns through a lock file; under DDP call it on rank 0 first, then a barrier.
 
     Args:
         kind: ``comco`` or ``simco``.
@@ -409,5 +416,7 @@ def ensure_probe_set(kind: str, /, cache_dir: str | os.PathLike | None = None, *
     if not (path / MANIFEST).is_file():
         where = "cache_dir" if cache_dir is not None else "$CLIPPROBE_CACHE"
         check_writable(path, "the probe-set cache", f"set {where} to a folder you can write")
-        generate(cfg, path, overwrite=True, workers=run.get("workers"), progress=run.get("progress", False))
+        with file_lock(path.with_name(path.name + ".lock")):  # processes sharing the cache take turns
+            if not (path / MANIFEST).is_file():  # another process may have made it meanwhile
+                generate(cfg, path, overwrite=True, workers=run.get("workers"), progress=run.get("progress", False))
     return path

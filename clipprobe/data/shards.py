@@ -69,8 +69,9 @@ class ShardStream(IterableDataset):
     def __init__(self, urls: list[str], batch_size: int, batches_per_epoch: int, transform: Callable[[Any], Any],
                  tokenizer: Callable[[list[str]], torch.Tensor], image_keys: list[str], caption_key: str,
                  shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:  # fmt: skip
+                 world_size: int = 1, order_augment: bool = False) -> None:  # fmt: skip
         self.urls, self.batch_size, self.batches_per_epoch = urls, batch_size, batches_per_epoch
+        self.order_augment = order_augment
         self.transform, self.tokenizer = transform, tokenizer
         self.image_keys, self.caption_key = image_keys, caption_key
         self.shuffle_buffer, self.resampled, self.seed = shuffle_buffer, resampled, seed
@@ -138,8 +139,9 @@ class ShardStream(IterableDataset):
                     f"{len(urls)} shard(s) starting {urls[0]}; check the shards and --data.image_key/caption_key"
                 )
 
-    def _decoded(self, chunk: int, slot: int, slots: int) -> Iterator[tuple[Any, str]]:
-        """Shuffled (PIL image, caption) pairs; undecodable samples are skipped and counted."""
+    def _decoded(self, chunk: int, slot: int, slots: int) -> Iterator[tuple[Any, str, Any]]:
+        """Shuffled (PIL image, caption, metadata) triples (metadata: the sample's ``json`` when caption order is
+        augmented, else None); undecodable samples are skipped and counted."""
         import webdataset as wds
         from PIL import Image
 
@@ -157,6 +159,7 @@ class ShardStream(IterableDataset):
                 text = sample[self.caption_key].decode("utf-8").strip()
                 if not text:
                     raise ValueError("empty caption")
+                meta = json.loads(sample["json"]) if self.order_augment and "json" in sample else None
             except Exception as exn:
                 self._skipped += 1
                 failures += 1
@@ -164,7 +167,7 @@ class ShardStream(IterableDataset):
                     raise RuntimeError(f"{failures} samples in a row failed to decode; last: {exn!r}") from exn
                 continue
             failures = 0
-            yield image, text
+            yield image, text, meta
 
     def _batch(self, samples: Iterator[tuple[Any, str]], chunk: int, index: int) -> dict[str, torch.Tensor]:
         images, texts = [], []
@@ -172,15 +175,31 @@ class ShardStream(IterableDataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed(self.seed, 2, self.rank, chunk, index))
             while len(images) < self.batch_size:
-                image, text = next(samples)
+                image, text, meta = next(samples)
                 try:
                     images.append(self.transform(image))
                 except Exception:
                     self._skipped += 1
                     continue
-                texts.append(text)
+                texts.append(self._reorder(text, meta) if self.order_augment else text)
         skipped, self._skipped = self._skipped, 0
         return {"image": torch.stack(images), "text": self.tokenizer(texts), "skipped": torch.tensor(skipped)}
+
+    def _reorder(self, text: str, meta: Any) -> str:
+        """Caption-order augmentation: the caption with its mentions in a random order (drawn from the batch's
+        seeded generator), or as it is, with one warning per stream, when the sample cannot be re-ordered."""
+        from clipprobe.data.corpus import reordered_caption
+
+        names = meta.get("mentioned") if isinstance(meta, dict) else None
+        order = torch.randperm(len(names)).tolist() if isinstance(names, list) else []
+        new = reordered_caption(meta, order)
+        if new is None:
+            if not getattr(self, "_warned", False):
+                self._warned = True
+                log.warning("--data.order_augment: a sample without clipprobe corpus metadata (key.json 'mentioned', "
+                            "'template') or with size words keeps its caption's order: %r", text[:80])  # fmt: skip
+            return text
+        return new
 
 
 class ShardLoader(DataLoader):
@@ -200,6 +219,25 @@ class ShardLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Nothing to restore: ``position()`` reads the restored trainer."""
+
+
+def check_order_metadata(url: str) -> None:
+    """``--data.order_augment`` needs the corpus metadata to re-order a caption: check the first sample of ``url``.
+
+    Raises:
+        UserError: the sample has no ``json`` member, or it holds no ``mentioned`` names and ``template``.
+    """
+    import webdataset as wds
+
+    from clipprobe.data.corpus import reordered_caption
+
+    sample = next(iter(wds.tarfile_samples(iter([{"url": url}]))), None)
+    meta = json.loads(sample["json"]) if sample is not None and "json" in sample else None
+    names = meta.get("mentioned") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or reordered_caption(meta, list(range(len(names)))) is None:
+        raise UserError(f"--data.order_augment needs shards of 'clipprobe data corpus' (key.json with the mentioned "
+                        f"objects and the template, no size words); the first sample of {url} has none: drop "
+                        "--data.order_augment or regenerate the corpus")  # fmt: skip
 
 
 def peek_keys(urls: list[str], image_keys: list[str], caption_key: str) -> None:
@@ -264,13 +302,17 @@ class ShardDataModule(L.LightningDataModule):
         caption_key: Caption file extension.
         augment: Random resized crops (open_clip's training transform) instead of the eval transform.
         seed: Seed of the data order and augmentation.
+        order_augment: Caption-order augmentation (training only): each caption is re-rendered with its mentions
+            in a random order, drawn per batch from the seeded generator, from the sample's ``key.json``
+            (``mentioned``, ``template``: the shards of ``clipprobe data corpus``); a mitigation of the
+            first-mention bias. The first sample is checked at setup.
     """
 
     def __init__(self, train_data: str | None = None, val_data: str | None = None, model_name: str = "clipprobe-tiny",
                  batch_size: int = 256, num_workers: int = 4, num_samples: int | None = None,
                  val_num_samples: int | None = None, resampled: bool = False, shuffle_buffer: int = 1000,
                  image_key: str = "jpg;jpeg;png;webp", caption_key: str = "txt", augment: bool = True,
-                 seed: int = 0) -> None:  # fmt: skip
+                 seed: int = 0, order_augment: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.save_hyperparameters()
         if batch_size < 1 or num_workers < 0:
@@ -283,6 +325,8 @@ class ShardDataModule(L.LightningDataModule):
             raise UserError(f"no {what} shards given; set --data.{what}_data (e.g. 'corpus/{{00000..00009}}.tar')")
         urls = expand_urls(spec, option=f"--data.{what}_data")  # raises when local shards are missing
         peek_keys(urls, self.image_keys, self.hparams.caption_key)
+        if what == "train" and self.hparams.order_augment:
+            check_order_metadata(urls[0])
         given = self.hparams.num_samples if what == "train" else self.hparams.val_num_samples
         total = given or count_samples(urls)
         if not total:
@@ -318,6 +362,7 @@ class ShardDataModule(L.LightningDataModule):
             self.image_keys, self.hparams.caption_key,
             shuffle_buffer=self.hparams.shuffle_buffer if which == "train" else 0,
             resampled=self.hparams.resampled and which == "train", seed=self.hparams.seed, rank=rank, world_size=world,
+            order_augment=self.hparams.order_augment and which == "train",
         )  # fmt: skip
         workers = self.hparams.num_workers
         kwargs = {"prefetch_factor": 4} if workers > 0 else {}

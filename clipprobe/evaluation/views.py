@@ -153,7 +153,8 @@ def last_point(records: Sequence[Record], spec: PanelSpec) -> tuple[Metric, Reco
 
 def final_cell(runs: dict[str, list[Record]], spec: PanelSpec) -> tuple[str, int | None]:
     """(cell, samples seen) of a condition's last step: ``value [lo, hi]`` for one run; with several seeds the
-    mean over seeds and their range ``(min–max, k seeds)``."""
+    mean over seeds, their range and the median half-width of the runs' own 95% intervals
+    ``(min–max, k seeds; run ±h)``: a range much wider than ±h means the seeds differ more than sampling does."""
     last = [p for p in (last_point(recs, spec) for recs in runs.values()) if p is not None]
     seen = [r.samples_seen for _, r in last if r.samples_seen is not None]
     most = max(seen) if seen else None
@@ -163,8 +164,10 @@ def final_cell(runs: dict[str, list[Record]], spec: PanelSpec) -> tuple[str, int
     if not values:
         return "–", most
     mean, lo, hi = statistics.fmean(values), min(values), max(values)
+    halves = [(m.interval[1] - m.interval[0]) / 2 for m, _ in last if all(map(finite, m.interval))]
     mean_text, lo_text, hi_text = (fmt_number(v, spec.family) for v in (mean, lo, hi))
-    return f"{mean_text} ({lo_text}–{hi_text}, {len(values)} seeds)", most
+    run = f"; run ±{fmt_number(statistics.median(halves), spec.family)}" if halves else ""
+    return f"{mean_text} ({lo_text}–{hi_text}, {len(values)} seeds{run})", most
 
 
 def final_table(records: list[Record], columns: list[PanelSpec]) -> str:
@@ -187,7 +190,8 @@ def final_table(records: list[Record], columns: list[PanelSpec]) -> str:
                 chance.setdefault(spec.label, level)
         lines.append(f"| {name} | {f'{max(seen):,}' if seen else ''} | " + " | ".join(cells) + " |")
     lines += ["", "Last step of each run; proportions in percent; [lo, hi]: 95% interval of one run; "
-              "(min–max, k seeds): range of the seeds' values around their mean."]  # fmt: skip
+              "(min–max, k seeds; run ±h): range of the seeds' values around their mean, and the median half-width "
+              "of one run's 95% interval."]  # fmt: skip
     if chance:
         spec_of = {c.label: c for c in columns}
         lines.append(

@@ -8,7 +8,7 @@ about devices, precision, gradient clipping and accumulation is the Trainer's bu
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -47,17 +47,23 @@ class CLIPModule(L.LightningModule):
         gather_with_grad: Gather features with gradients across processes (needed for correct DDP gradients).
         grad_checkpointing: Activation checkpointing in both towers (less memory, more compute).
         compile: ``torch.compile`` the model (in place: checkpoint keys stay ``model.*``).
+        text_pos_embed: ``learned`` (open_clip's absolute positional embedding of the text tower) or ``none``: the
+            embedding is zeroed and frozen, so the text tower sees no position but what its attention mask implies
+            (a causal mask still tells a token how many precede it). Checkpoints and exports hold the zeros, so
+            any loader rebuilds the same function from the architecture name.
     """
 
     def __init__(self, model_name: str = "clipprobe-tiny", lr: float = 5e-4, weight_decay: float = 0.2,
                  betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6, warmup_steps: int = 500,
                  schedule_steps: int | None = None, min_lr_ratio: float = 0.0, logit_scale_max: float = 100.0,
                  local_loss: bool = True, gather_with_grad: bool = True, grad_checkpointing: bool = False,
-                 compile: bool = False) -> None:  # fmt: skip
+                 compile: bool = False, text_pos_embed: Literal["learned", "none"] = "learned") -> None:  # fmt: skip
         super().__init__()
         check_hparams(lr, weight_decay, betas, eps, warmup_steps, schedule_steps, min_lr_ratio, logit_scale_max)
         self.save_hyperparameters()
         self.model = create_model(model_name)
+        if text_pos_embed == "none":
+            drop_text_positions(self.model)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.loss_fn: Any = None
@@ -158,6 +164,24 @@ def check_hparams(lr: float, weight_decay: float, betas: tuple[float, float], ep
     for name, value, ok, valid in checks:
         if not ok:
             raise UserError(f"--model.{name} {value} is out of range: it must be {valid}")
+
+
+def drop_text_positions(model: torch.nn.Module) -> None:
+    """Zero and freeze the text tower's positional embedding (open_clip ``CLIP`` or ``CustomTextCLIP``).
+
+    Raises:
+        UserError: the model's text tower has no positional embedding parameter (an HF text tower).
+    """
+    owner = model if isinstance(getattr(model, "positional_embedding", None), torch.nn.Parameter) else None
+    text = getattr(model, "text", None)
+    if owner is None and isinstance(getattr(text, "positional_embedding", None), torch.nn.Parameter):
+        owner = text
+    if owner is None:
+        raise UserError("--model.text_pos_embed none needs an open_clip text tower with a positional embedding; "
+                        "this architecture's text tower has none (a Hugging Face tower?)")  # fmt: skip
+    with torch.no_grad():
+        owner.positional_embedding.zero_()
+    owner.positional_embedding.requires_grad_(False)
 
 
 def create_model(model_name: str) -> torch.nn.Module:
