@@ -358,3 +358,42 @@ def test_torchrun_two_processes_without_slurm(corpus: str, job_env: dict[str, st
     assert (
         last["global_step"] == 6 and last["clipprobe"]["samples_seen"] == 6 * 16 and loss_steps(run) == list(range(6))
     )
+
+
+@pytest.mark.slow
+def test_experiment_array_then_views(cluster: None, job_env: dict[str, str], tmp_path: Path) -> None:
+    """slurm/experiment.sbatch: a 2-condition x 2-seed experiment as a 4-task array sharing one --work (corpora and
+    probe set generated once, under the lock), then the same script without --array writes the views, training
+    nothing again."""
+    recipe = ROOT / "configs" / "fit" / "tiny-synthetic.yaml"
+    fit_args = ["--data.augment", "false", "--data.num_workers", "0", "--data.shuffle_buffer", "16",
+                "--model.warmup_steps", "2", "--trainer.accelerator", "cpu", "--trainer.val_check_interval", "null",
+                "--trainer.enable_model_summary", "false"]  # fmt: skip
+    config = tmp_path / "experiment.yaml"
+    config.write_text(json.dumps({
+        "out": str(tmp_path / "out"), "conditions": ["random", {"name": "no_pos", "fit": {"model.text_pos_embed": "none"}}],
+        "seeds": [0, 1], "recipe": str(recipe), "fit_args": fit_args, "num_samples": 48, "heldout_samples": 20,
+        "steps": 4, "batch_size": 12, "every": 2, "tor_n": [2], "tor_captions": 20, "probe_scenes": 4,
+        "retrieval_batch": 10, "plot_n": 2, "threads": 1, "name": "toy"}))  # fmt: skip
+    work = tmp_path / "work"
+    array = sbatch(job_env, tmp_path, "--array=0-3", "--cpus-per-task=1", "--time=10",
+                   ROOT / "slurm/experiment.sbatch", config, "--work", work)  # fmt: skip
+    infos = wait_for(array, lambda i: len(i) == 4 and ended(i))
+    logs = {i["ArrayTaskId"]: (tmp_path / f"clipprobe-experiment-{array}_{i['ArrayTaskId']}.out").read_text()
+            for i in infos}  # fmt: skip
+    assert [i["JobState"] for i in infos] == ["COMPLETED"] * 4, logs
+    assert not (tmp_path / "out").exists()
+    done = {p.parent.parent.relative_to(work / "runs").as_posix(): p.stat().st_mtime_ns
+            for p in (work / "runs").glob("*/*/checkpoints/last.ckpt")}  # fmt: skip
+    assert sorted(done) == ["no_pos/seed0", "no_pos/seed1", "random/seed0", "random/seed1"]
+    assert sorted(p.name for p in (work / "corpora").iterdir() if p.is_dir()) == [
+        "random-s0", "random-s0-heldout", "random-s1", "random-s1-heldout"]  # fmt: skip
+    views = sbatch(job_env, tmp_path, "--cpus-per-task=1", "--time=10", ROOT / "slurm/experiment.sbatch", config,
+                   "--work", work)  # fmt: skip
+    (info,) = wait_for(views, ended)
+    assert info["JobState"] == "COMPLETED"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["records.jsonl", "results.md", "timing.json",
+                                                                   "toy.png"]  # fmt: skip
+    assert {p.parent.parent.relative_to(work / "runs").as_posix(): p.stat().st_mtime_ns
+            for p in (work / "runs").glob("*/*/checkpoints/last.ckpt")} == done  # fmt: skip
+    assert "| no_pos | 48 |" in (tmp_path / "out" / "results.md").read_text()

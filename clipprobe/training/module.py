@@ -61,6 +61,8 @@ class CLIPModule(L.LightningModule):
         super().__init__()
         check_hparams(lr, weight_decay, betas, eps, warmup_steps, schedule_steps, min_lr_ratio, logit_scale_max)
         self.save_hyperparameters()
+        if text_pos_embed not in ("learned", "none"):
+            raise UserError(f"--model.text_pos_embed {text_pos_embed!r} is not one of learned, none")
         self.model = create_model(model_name)
         if text_pos_embed == "none":
             drop_text_positions(self.model)
