@@ -55,6 +55,7 @@ def evaluate(
     coco_root: str | None = None,
     coco_split: str = "val2017",
     coco_references: str | None = None,
+    t2i_model: str | None = None,
     out: str = "results",
     skip_existing: bool = False,
     device: str = "auto",
@@ -110,6 +111,8 @@ def evaluate(
         coco_references: IOR's reference images on COCO: a folder of one image per object (``<name>.png``, or
             class folders as DomainNet's, first image of each), a probe set folder (its references), or comco /
             simco for the generated set's (with --generate). Without it, ior does not run on COCO.
+        t2i_model: the t2i probe's generator: a diffusers text-to-image pipeline (hub id or local folder) or
+            ``module:factory``; the same as ``--options '{t2i: {pipeline: ...}}'``. Name t2i in --probes.
         out: results folder.
         skip_existing: do not rerun a job whose result file holds a record of the same identity (resume a sweep).
         device: auto (cuda when available), cpu, cuda or cuda:N.
@@ -142,6 +145,11 @@ def evaluate(
     benchmarks, dataset_root, benchmark_generate = used.benchmarks, used.dataset_root, used.benchmark_generate
     config.update(probes=probes, probe_set=probe_set, generate=generate, options=options, vocab=vocab, seed=seed,
                   benchmarks=benchmarks, dataset_root=dataset_root, benchmark_generate=benchmark_generate)  # fmt: skip
+    if t2i_model:
+        if "t2i" not in (probes or []):
+            raise UserError("--t2i_model is the t2i probe's generator; add t2i to --probes (e.g. --probes t2i)")
+        options = {**(options or {}), "t2i": {**dict((options or {}).get("t2i") or {}), "pipeline": t2i_model}}
+        config["options"] = options
     chosen = resolve_probes(probes, with_probe_sets=bool(probe_set or coco_root))
     check_options(dict(options or {}), chosen)
     if not chosen and not benchmarks:

@@ -136,7 +136,9 @@ def pairs(targets: Sequence[Target], probes: Sequence[str]) -> list[tuple[Target
 
 
 def asked_options(probe: str, options: Mapping[str, Any] | None, seed: int) -> dict[str, Any]:
-    """A probe's options as asked, with defaults filled in and the run's seed: the identity's options.
+    """A probe's options as asked, with defaults filled in and the run's seed: the identity's options. An options
+    class with an ``identity()`` method adds what it returns (t2i: the content hash of a local pipeline folder, so a
+    changed pipeline is a new identity, never a reused record).
 
     Raises:
         UserError: an unknown or ill-typed option.
@@ -145,7 +147,8 @@ def asked_options(probe: str, options: Mapping[str, Any] | None, seed: int) -> d
     from clipprobe.probes.common import OPTIONS, parse_options
 
     parsed = parse_options(OPTIONS[probe], options or {}, probe)
-    return {**dataclasses.asdict(parsed), "run_seed": seed}
+    extra = parsed.identity() if hasattr(parsed, "identity") else {}  # e.g. the content hash of a local folder
+    return {**dataclasses.asdict(parsed), **extra, "run_seed": seed}
 
 
 def run_evaluation(

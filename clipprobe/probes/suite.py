@@ -10,12 +10,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from clipprobe.errors import UserError
-from clipprobe.probes import image, matching, retrieval, standard, text  # noqa: F401  (registers the probes)
+from clipprobe.probes import image, matching, retrieval, standard, t2i, text  # noqa: F401  (registers the probes)
 from clipprobe.probes.base import PROBES
 from clipprobe.probes.common import OPTIONS, parse_options
 
 # Registry order = listing order: text probes, then image probes, then matching.
-_ORDER = ("tor", "toc", "mitigation", "size_claim", "ior", "i2tor", "ioc", "attention", "itm", "retrieval",
+_ORDER = ("tor", "toc", "mitigation", "size_claim", "ior", "i2tor", "ioc", "attention", "itm", "retrieval", "t2i",
           "zeroshot_classification", "zeroshot_retrieval")  # fmt: skip
 for _name in sorted(PROBES, key=lambda n: _ORDER.index(n) if n in _ORDER else len(_ORDER)):
     PROBES[_name] = PROBES.pop(_name)
