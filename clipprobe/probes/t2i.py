@@ -60,6 +60,7 @@ class T2iOptions:
         detector: ``clip`` (the probed model scores its own images) or a transformers zero-shot-object-detection
             model id or folder.
         threshold: the detector's box score needed to count an object as found.
+        dtype: the pipeline's weights and compute (float16 / bfloat16 on GPUs).
         seed: object-set sampling and image seeds (default: the run's).
     """
 
@@ -73,6 +74,7 @@ class T2iOptions:
     size: int | None = None
     detector: str = "clip"
     threshold: float = 0.1
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -137,7 +139,9 @@ def _load_diffusers(spec: str, opts: T2iOptions, device: str) -> LoadedGenerator
         raise UserError("t2i with a diffusers pipeline needs diffusers: pip install diffusers") from None
     local = Path(spec).expanduser()
     try:
-        pipe = AutoPipelineForText2Image.from_pretrained(str(local) if local.is_dir() else spec)
+        pipe = AutoPipelineForText2Image.from_pretrained(
+            str(local) if local.is_dir() else spec, torch_dtype=getattr(torch, opts.dtype)
+        )
     except ValueError as e:
         raise UserError(f"t2i pipeline {spec} is not a text-to-image pipeline ({' '.join(str(e).split())[:160]})") \
             from None  # fmt: skip
@@ -164,7 +168,9 @@ def _load_diffusers(spec: str, opts: T2iOptions, device: str) -> LoadedGenerator
     where = {"kind": "folder", "path": str(local.resolve()), "sha256": _folder_sha(local)} if local.is_dir() else {
         "kind": "hub", "id": spec}  # fmt: skip
     scheduler = type(getattr(pipe, "scheduler", None)).__name__
-    return LoadedGenerator(draw, {**where, "pipeline": type(pipe).__name__, "scheduler": scheduler})
+    return LoadedGenerator(
+        draw, {**where, "pipeline": type(pipe).__name__, "scheduler": scheduler, "dtype": opts.dtype}
+    )
 
 
 def _folder_sha(path: Path) -> str:
