@@ -315,6 +315,16 @@ def file_sha256(path: str | os.PathLike) -> str:
     return _FILE_HASHES[key]
 
 
+def folder_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 over every file's relative path and content hash (:func:`file_sha256`, remembered within the
+    process): a model folder whose weights were replaced by others of the same size gets another hash."""
+    base = Path(path)
+    digest = hashlib.sha256()
+    for p in sorted(q for q in base.rglob("*") if q.is_file()):
+        digest.update(f"{p.relative_to(base).as_posix()}:{file_sha256(p)}\n".encode())
+    return digest.hexdigest()
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (made if missing) for the block: processes sharing a folder

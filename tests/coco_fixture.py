@@ -72,7 +72,7 @@ def write_tiny_coco(root: Path, images_per_n: int = 12, seed: int = 0, split: st
             found = tuple(o for o in order if o != "sports ball")
             if 2 <= len(found) <= 5:
                 out.captions.append((found, " ".join(text.split())))
-    out.dropped = {"outside_vocabulary": 1, "object_count": 2}
+    out.dropped = {"outside_vocabulary": 1, "object_count": 2, "annotations_without_image": 0}
     categories = [{"id": i, "name": n, "supercategory": "x"} for i, n in CATEGORIES.items()]
     (root / "annotations" / f"instances_{split}.json").write_text(
         json.dumps({"images": images, "annotations": anns, "categories": categories})

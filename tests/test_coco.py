@@ -115,6 +115,24 @@ def test_two_instances_outrank_one_bigger(tmp_path):
     assert scene.names == (names[a], names[b]) and [o.area for o in scene.objects] == [600, 500]
 
 
+def test_reference_labels_map_only_by_form(tmp_path):
+    """DomainNet's police_car/ or aircraft_carrier/ are not car or airplane: they stay distractors."""
+    folder = write_references(tmp_path / "d", ["car", "police car", "airplane", "aircraft carrier", "dogs"], "folders")
+    refs = load_references(folder, VOCAB)
+    assert sorted(refs) == ["aircraft carrier", "airplane", "car", "dog", "police car"]
+    assert refs["car"].parent.name == "car" and refs["airplane"].parent.name == "airplane"
+
+
+def test_annotations_of_images_not_listed_are_counted(tmp_path):
+    root = write_tiny_coco(tmp_path / "c", images_per_n=2).root
+    data = json.loads((root / "annotations/instances_val2017.json").read_text())
+    data["images"] = data["images"][1:]  # a subset: the first image's annotations stay behind
+    (root / "annotations/instances_val2017.json").write_text(json.dumps(data))
+    ps = load_coco(root)
+    assert ps.manifest["dropped_images"]["annotations_without_image"] >= 2
+    assert all(s.scene_id != "1" for s in ps.scenes)
+
+
 def test_references_from_files_class_folders_and_a_probe_set(tmp_path):
     files = load_references(write_references(tmp_path / "f", ["dog", "hot dog"]), VOCAB)
     assert sorted(files) == ["dog", "hot dog"]
@@ -126,7 +144,7 @@ def test_references_from_files_class_folders_and_a_probe_set(tmp_path):
     (ps_folder / "manifest.json").write_text("{}")
     assert list(load_references(ps_folder, VOCAB)) == ["dog"]
     write_references(tmp_path / "f", ["dogs"])  # dogs.png beside dog.png: two images for one object
-    with pytest.raises(UserError, match="both stand for 'dog'"):
+    with pytest.raises(UserError, match="dog.png and dogs.png both stand for 'dog'"):
         load_references(tmp_path / "f", VOCAB)
 
 
@@ -253,6 +271,7 @@ def test_eval_coco_root_end_to_end(coco, refs, tmp_path, capsys):
     assert "1 images left out for an object outside the vocabulary" in said and "not on COCO: toc" in said
     recs = {f.name.split("__")[3]: json.loads(f.read_text()) for f in out.glob("*mscoco*.jsonl")}
     assert sorted(recs) == ["i2tor", "ior", "tor"]
+    assert sorted(f.name.split("__")[3] for f in out.glob("*vocab-coco*.jsonl")) == ["toc", "tor"]  # text probes too
     for rec in recs.values():
         assert rec["target"] == "mscoco-val2017" and rec["probe_set"]["kind"] == "mscoco"
         assert rec["probe_set"]["split"] == "val2017" and len(rec["probe_set"]["manifest_sha256"]) == 64

@@ -164,6 +164,9 @@ def test_experiment_end_to_end(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--task_index", "4"])
     assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:  # finished runs probed otherwise would mix two measurements
+        main([*argv, "--overwrite", "--tor-captions", "20"])
+    assert exc.value.code == 2 and (out / "emergence.png").read_bytes() == before
 
     # A corpus made by another generator version is regenerated, not reused (clipprobe 0.2's corpora named
     # hidden objects); a run folder claimed before the generator version was recorded is refused.

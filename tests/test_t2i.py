@@ -222,3 +222,16 @@ def test_a_detector_that_cannot_be_loaded_is_one_line(tmp_path: Path) -> None:
         run(ColourEncoder(), pipeline="t2i_planted:first_large", num_sets=1, templates=["bare"], images_per_prompt=1,
             detector=str(tmp_path / "missing"))  # fmt: skip
     assert "\n" not in str(e.value)
+
+
+def test_a_new_scorer_draws_nothing_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import t2i_planted
+
+    calls = []
+    real = t2i_planted.first_large()
+    monkeypatch.setattr(t2i_planted, "first_large", lambda: lambda *a: calls.append(a) or real(*a))
+    opts = {"pipeline": "t2i_planted:first_large", "num_sets": 1, "templates": ["bare"], "images_per_prompt": 1}
+    first = run(ColourEncoder(), **opts)
+    again = run(ColourEncoder(), **opts, threshold=0.5)
+    assert len(calls) == 2 and first["config"]["images"] == again["config"]["images"]
+    assert {a[1] for a in calls} == {calls[0][1]}  # both orders of the set from the same seed

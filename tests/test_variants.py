@@ -99,8 +99,11 @@ def test_reordered_caption_keeps_the_template() -> None:
     meta["caption"] = caption(meta["mentioned"], 3)
     assert reordered_caption(meta, [2, 0, 1]) == caption(["bus", "dog", "hot dog"], 3)
     assert reordered_caption(meta, [0, 1, 2]) == meta["caption"]
-    sized = {**meta, "caption": caption(["large dog", "hot dog", "small bus"], 3)}
-    assert reordered_caption(sized, [2, 0, 1]) is None  # size words: cannot be re-rendered faithfully
+    sized = {**meta, "caption": caption(["large dog", "hot dog", "small bus"], 3), "objects": ["bus", "dog", "hot dog"],
+             "areas": [5, 90, 40]}  # fmt: skip
+    assert reordered_caption(sized, [2, 0, 1]) == caption(["small bus", "large dog", "hot dog"], 3)  # words follow
+    assert reordered_caption({**sized, "areas": None}, [2, 0, 1]) is None  # size words it cannot place
+    assert reordered_caption({**meta, "caption": "a dog, edited"}, [0, 1, 2]) is None
     assert reordered_caption({"caption": "a dog"}, [0]) is None
 
 

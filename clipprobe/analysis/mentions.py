@@ -171,6 +171,12 @@ class Matcher:
         """The extractor protocol: ``(caption, vocab) -> names``; ``vocab`` is the matcher's own."""
         return self.find(caption)
 
+    def exact(self, label: str) -> str | None:
+        """The vocabulary name ``label`` is a form of (the name, its plural, a synonym: ``"Hot_Dogs"`` is not,
+        ``"hot dogs"`` is hot dog), or None; unlike :meth:`canonical`, never a name the label merely contains
+        (``"police car"`` is not car)."""
+        return self.forms.get(tuple(w for w, _, _ in words(label)))
+
     def canonical(self, label: str) -> str:
         """An annotation label as a vocabulary name: an exact form (``"dogs" -> "dog"``), else the one
         name the label mentions (``"a brown dog" -> "dog"``), else the label itself, case-folded."""

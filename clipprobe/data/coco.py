@@ -19,9 +19,10 @@ The folder is COCO's own (clipprobe never downloads it)::
 - **references** (IOR only): one image per object from a folder the user has: a probe set's ``references/``
   (e.g. a generated ComCO's, whose names are COCO's), a folder of ``<name>.png|jpg`` files, or a
   DomainNet-style folder of class folders (the first image of each, by name). Folder and file names are matched
-  to vocabulary names as annotation labels are (``hot_dog`` -> hot dog); the others stay as distractors.
+  to vocabulary names when they are one of a name's forms (``hot_dog`` -> hot dog, ``dogs`` -> dog, a synonym);
+  the others (``police_car``: not car) stay as distractors under their own names.
 
-Everything is read once and fingerprinted (the annotation files' SHA-256, the references' paths and sizes, the
+Everything is read once and fingerprinted (the annotation files' and the reference images' SHA-256, the
 vocabulary and counts), so records say exactly which COCO they measured.
 """
 
@@ -144,12 +145,16 @@ def _scenes(
     data = _read_json(path)
     order = {n: i for i, n in enumerate(names)}
     try:
-        categories = {int(c["id"]): matcher.canonical(str(c["name"]).replace("_", " ")) for c in data["categories"]}
+        categories = {int(c["id"]): _name(matcher, str(c["name"])) for c in data["categories"]}
         files = {int(im["id"]): str(im["file_name"]) for im in data["images"]}
         areas: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         boxes: dict[int, dict[str, list[float]]] = defaultdict(dict)
+        unknown = 0
         for ann in data["annotations"]:
             image, name = int(ann["image_id"]), categories[int(ann["category_id"])]
+            if image not in files:  # a subset whose images list was filtered but not its annotations
+                unknown += 1
+                continue
             areas[image][name] += float(ann["area"])
             x, y, w, h = (float(v) for v in ann.get("bbox") or (0, 0, 0, 0))
             box = boxes[image].get(name)
@@ -161,7 +166,7 @@ def _scenes(
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"{path} is not a COCO instances file (missing or bad {e}); use annotations/instances_*.json") \
             from None  # fmt: skip
-    dropped = {"outside_vocabulary": 0, "object_count": 0}
+    dropped = {"outside_vocabulary": 0, "object_count": 0, "annotations_without_image": unknown}
     scenes = []
     for image in sorted(areas):
         objs = areas[image]
@@ -178,6 +183,13 @@ def _scenes(
         )
         scenes.append(Scene(f"{split}/{files[image]}", len(ranked), "large", scene_objects, str(image)))
     return scenes, dropped
+
+
+def _name(matcher: Any, label: str) -> str:
+    """A COCO category or reference label as a vocabulary name when it is one of its forms (``hot_dog``,
+    ``Dogs``, a synonym), else the label itself: ``police_car`` stays police car, not car."""
+    text = label.replace("_", " ")
+    return matcher.exact(text) or " ".join(text.split()).casefold()
 
 
 def _captions(path: Path, matcher: Any, counts: list[int]) -> list[tuple[tuple[str, ...], str]]:
@@ -221,6 +233,7 @@ def load_references(folder: str | os.PathLike, vocab: Sequence[str]) -> dict[str
                         "(e.g. a ComCO probe set, or DomainNet-style class folders)")  # fmt: skip
     matcher = _matcher(vocab)
     found: dict[str, Path] = {}
+    labels: dict[str, str] = {}
     for entry in sorted(base.iterdir()):
         if entry.is_dir():
             image = next((p for p in sorted(entry.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES), None)
@@ -231,11 +244,11 @@ def load_references(folder: str | os.PathLike, vocab: Sequence[str]) -> dict[str
             continue
         if image is None:
             continue
-        name = matcher.canonical(label.replace("_", " "))
+        name = _name(matcher, label)
         if name in found:
-            raise UserError(f"--coco_references {folder}: {found[name].name} and {image.name} both stand for "
-                            f"'{name}'; keep one image per object")  # fmt: skip
-        found[name] = image
+            raise UserError(f"--coco_references {folder}: {labels[name]} and {entry.name} both stand for "
+                            f"'{name}'; keep one image or class folder per object")  # fmt: skip
+        found[name], labels[name] = image, entry.name
     if not found:
         raise UserError(f"--coco_references {folder} holds no image ({', '.join(IMAGE_SUFFIXES)}) or class folder")
     return found
@@ -246,5 +259,5 @@ def _describe_references(folder: str | os.PathLike | None, refs: dict[str, Path]
         return None
     digest = hashlib.sha256()
     for name, path in sorted(refs.items()):
-        digest.update(f"{name}:{path.name}:{path.stat().st_size}\n".encode())
+        digest.update(f"{name}:{path.name}:{file_sha256(path)}\n".encode())
     return {"path": str(Path(folder).expanduser().resolve()), "count": len(refs), "sha256": digest.hexdigest()}

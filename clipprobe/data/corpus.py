@@ -102,17 +102,28 @@ def caption(names: Sequence[str], template: int) -> str:
 
 def reordered_caption(meta: Any, order: Sequence[int]) -> str | None:
     """A corpus sample's caption re-rendered with its mentions in ``order`` (indices into ``meta["mentioned"]``),
-    with the same template: what caption-order augmentation trains on. None when ``meta`` is not a clipprobe corpus
-    sample's (no ``mentioned`` names and ``template``) or its caption is not the plain rendering of them (size words
-    such as "large dog" were added): such a caption cannot be re-ordered faithfully."""
+    with the same template and the same words (size words such as "large dog" follow their object): what
+    caption-order augmentation trains on. None when ``meta`` is not a clipprobe corpus sample's (no ``mentioned``
+    names and ``template``) or its caption is not a rendering of them (edited afterwards)."""
     if not isinstance(meta, dict):
         return None
     names, template = meta.get("mentioned"), meta.get("template")
     if not isinstance(names, list) or not names or not isinstance(template, int) or len(order) != len(names):
         return None
-    if caption(names, template) != meta.get("caption"):
+    for words in (list(names), _sized_words(meta, names)):
+        if words is not None and caption(words, template) == meta.get("caption"):
+            return caption([words[k] for k in order], template)
+    return None
+
+
+def _sized_words(meta: dict[str, Any], names: list[str]) -> list[str] | None:
+    """``names`` with "large " before the largest object and "small " before the smallest, as ``p_size_word``
+    words them (None when the areas are not recorded)."""
+    objects, areas = meta.get("objects"), meta.get("areas")
+    if not isinstance(objects, list) or not isinstance(areas, list) or len(objects) != len(areas) or len(names) < 2:
         return None
-    return caption([names[k] for k in order], template)
+    large, small = objects[int(np.argmax(areas))], objects[int(np.argmin(areas))]
+    return [("large " if n == large else "small " if n == small else "") + n for n in names]
 
 
 # ---------------------------------------------------------------------------------------------

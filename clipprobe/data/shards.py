@@ -197,7 +197,7 @@ class ShardStream(IterableDataset):
             if not getattr(self, "_warned", False):
                 self._warned = True
                 log.warning("--data.order_augment: a sample without clipprobe corpus metadata (key.json 'mentioned', "
-                            "'template') or with size words keeps its caption's order: %r", text[:80])  # fmt: skip
+                            "'template'), or whose caption was edited, keeps its order: %r", text[:80])  # fmt: skip
             return text
         return new
 
@@ -236,7 +236,7 @@ def check_order_metadata(url: str) -> None:
     names = meta.get("mentioned") if isinstance(meta, dict) else None
     if not isinstance(names, list) or reordered_caption(meta, list(range(len(names)))) is None:
         raise UserError(f"--data.order_augment needs shards of 'clipprobe data corpus' (key.json with the mentioned "
-                        f"objects and the template, no size words); the first sample of {url} has none: drop "
+                        f"objects and the template); the first sample of {url} has none: drop "
                         "--data.order_augment or regenerate the corpus")  # fmt: skip
 
 

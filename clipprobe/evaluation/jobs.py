@@ -416,7 +416,9 @@ def load_coco_target(
 
 
 def targets(probe_sets: list[Any], vocab: str | None, image_probes: bool, text_probes: bool) -> list[Target]:
-    """The targets to run: one per probe set, plus one vocabulary target for text probes when asked."""
+    """The targets to run: one per probe set, plus one vocabulary target for text probes when asked (or when the
+    only sets are real data sets such as COCO, which take only their own probes)."""
+    from clipprobe.data.coco import KIND as COCO_KIND
     from clipprobe.data.vocab import load_vocab
 
     names = [ps.name for ps in probe_sets]
@@ -425,7 +427,8 @@ def targets(probe_sets: list[Any], vocab: str | None, image_probes: bool, text_p
     words = load_vocab(vocab) if vocab else None
     label = (vocab if vocab in ("coco", "comco", "simco") else Path(vocab).stem) if vocab else None
     out = [Target(t.label, t.probe_set, words, label) for t in out]
-    if text_probes and (vocab or not probe_sets):
+    generated = [ps for ps in probe_sets if ps.kind != COCO_KIND]  # COCO runs only its own probes (tor, ior, i2tor)
+    if text_probes and (vocab or not generated):
         out.append(Target(f"vocab-{_safe(label or 'coco')}", None, words, label or "coco"))
     return out
 

@@ -6,7 +6,8 @@ A *condition* is a caption-order policy of the synthetic corpus (:mod:`clipprobe
 any ``clipprobe fit`` overrides (``fit``: another architecture such as ``clipprobe-tiny-bidir``, ``--model.
 text_pos_embed none``, ``--data.order_augment true``). Every condition trains with the same recipe, steps and
 probe cadence, once per seed of ``seeds`` (the seed drives the corpus, the data order, the initialisation and the
-probes), so a difference between conditions is the condition's. Corpora depend only on (policy, seed): conditions
+probes' caption sampling; the ior probe set, the measuring instrument, is one for all), so a difference between
+conditions is the condition's. Corpora depend only on (policy, seed): conditions
 that share a policy share their corpus, and all policies of one seed share their images (sample ``i`` draws its
 objects, sizes and places before the order policy runs).
 
@@ -56,6 +57,8 @@ class Condition:
 
 TRAINING = ("recipe", "fit_args", "num_samples", "heldout_samples", "objects", "image_size", "steps", "batch_size",
             "every")  # fmt: skip  # the Settings a run folder's corpora and checkpoints depend on (with its seed)
+PROBING = ("tor_n", "tor_captions", "probe_scenes", "retrieval_batch", "benchmarks")  # and its records on these
+PROBE_SET_SEED = 0  # one probe set, the measuring instrument, for every condition and seed
 
 
 @dataclass(frozen=True)
@@ -116,13 +119,19 @@ def _last_step(run: Path) -> int:
 
 
 def _claim(run: Path, settings: dict[str, Any]) -> None:
-    """Record what a run folder trains; refuse to reuse one made with other settings."""
+    """Record what a run folder trains and how it is probed; refuse to reuse one made or probed with other settings
+    (a finished run is not probed again, so other probe settings would mix two measurements in one table). A
+    claim written before the probe settings were recorded is compared without them, then completed."""
     from clipprobe.fileio import atomic_write_json
 
     record = run / "experiment.json"
     settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
-    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != settings:
-        raise UserError(f"{run} was trained with other settings (see {record}); pass another --work or delete it")
+    if record.is_file():
+        old = json.loads(record.read_text(encoding="utf-8"))
+        mine = settings if "probes" in old else {k: v for k, v in settings.items() if k != "probes"}
+        if old != mine:
+            raise UserError(f"{run} was trained or probed with other settings (see {record}); pass another --work "
+                            "or delete it")  # fmt: skip
     atomic_write_json(record, settings)
 
 
@@ -260,7 +269,8 @@ def run_condition(
 
     run = work / "runs" / cond.name / f"seed{seed}"
     _claim(run, {"condition": {"order": cond.order, "p_order": cond.p_order, "fit_args": list(cond.fit_args)},
-                 "seed": seed, "corpus_generator": GENERATOR_VERSION, **{k: getattr(s, k) for k in TRAINING}})  # fmt: skip
+                 "seed": seed, "corpus_generator": GENERATOR_VERSION, **{k: getattr(s, k) for k in TRAINING},
+                 "probes": {k: getattr(s, k) for k in PROBING} | {"probe_set_seed": PROBE_SET_SEED}})  # fmt: skip
     t0 = time.perf_counter()
     corpus = _corpus(cond, s, work / "corpora" / f"{cond.policy}-s{seed}", s.num_samples, seed)
     heldout = _corpus(cond, s, work / "corpora" / f"{cond.policy}-s{seed}-heldout", s.heldout_samples, seed + 1)
@@ -385,7 +395,7 @@ def experiment(
     work_path = Path(work) if work else default_work_dir(s)
     probe_set = ensure_probe_set("comco", work_path / "probesets", objects=tuple(tor_n),
                                  scenes_per_layout=probe_scenes, image_size=image_size, equal_size=False,
-                                 seed=s.seeds[0], progress=progress)  # fmt: skip
+                                 seed=PROBE_SET_SEED, progress=progress)  # fmt: skip
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads or old_threads)
     start = time.perf_counter()

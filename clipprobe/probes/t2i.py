@@ -86,7 +86,9 @@ class T2iOptions:
         check_option(self, "threshold", 0 <= self.threshold <= 1, "within 0..1")
 
     def identity(self) -> dict[str, str]:
-        """Content hashes of a local pipeline or detector folder (their paths alone could hide a changed model)."""
+        """Content hashes of a local pipeline or detector folder (their paths alone could hide a changed model). A hub
+        id is recorded as given: it names whatever the hub serves, so pin a model with a local folder; a plugin is
+        known by its ``module:factory`` name."""
         out = {}
         for name in ("pipeline", "detector"):
             path = Path(str(getattr(self, name) or "")).expanduser()
@@ -174,9 +176,9 @@ def _load_diffusers(spec: str, opts: T2iOptions, device: str) -> LoadedGenerator
 
 
 def _folder_sha(path: Path) -> str:
-    from clipprobe.probes.standard import folder_fingerprint
+    from clipprobe.fileio import folder_sha256
 
-    return folder_fingerprint(path)
+    return folder_sha256(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +215,9 @@ def prompts(vocab: list[str], opts: T2iOptions, seed: int) -> list[Prompt]:
 def draw_images(gen: LoadedGenerator, items: list[Prompt], opts: T2iOptions, seed: int, folder: Path,
                 progress: bool) -> list[tuple[Prompt, int, Path]]:  # fmt: skip
     """Each prompt drawn with ``images_per_prompt`` seeds into ``folder`` (an image already there is reused:
-    the folder is keyed by the generator and the settings); ``(prompt, image seed, path)`` per image."""
+    the folder is keyed by the generator and the settings); ``(prompt, image seed, path)`` per image. The image
+    seed hashes (seed, object set, j): every order of a set is drawn from the same noise, so the orders differ only
+    in the prompt."""
     from tqdm.auto import tqdm
 
     from clipprobe.fileio import atomic_write_bytes
@@ -222,7 +226,7 @@ def draw_images(gen: LoadedGenerator, items: list[Prompt], opts: T2iOptions, see
     out = []
     for p in tqdm(items, desc="t2i prompts", disable=not progress, leave=False):
         for j in range(opts.images_per_prompt):
-            image_seed = seed * 1_000_003 + p.set_index * 101 + j
+            image_seed = int.from_bytes(hashlib.sha256(f"{seed}:{p.set_index}:{j}".encode()).digest()[:4], "big")
             path = folder / f"{p.set_index:04d}-{'_'.join(p.objects).replace(' ', '-')}-{p.template}-{j}.png"
             if not path.is_file():
                 image = gen.draw(p.text, image_seed, opts.size)
@@ -234,11 +238,12 @@ def draw_images(gen: LoadedGenerator, items: list[Prompt], opts: T2iOptions, see
 
 
 def image_folder(gen: LoadedGenerator, opts: T2iOptions, seed: int, vocab: list[str]) -> Path:
-    """``<cache>/t2i/<hash>``: one folder per generator, settings, seed and vocabulary."""
+    """``<cache>/t2i/<hash>``: one folder per generator, drawing settings, seed and vocabulary (the scorer's
+    settings are left out: scoring the same images another way draws nothing again)."""
     from clipprobe.data.generate import default_cache_dir
 
-    key = json.dumps({"generator": gen.describe, "options": asdict(opts), "seed": seed, "vocab": vocab},
-                     sort_keys=True)  # fmt: skip
+    drawing = {k: v for k, v in asdict(opts).items() if k not in ("detector", "threshold")}  # scoring only
+    key = json.dumps({"generator": gen.describe, "options": drawing, "seed": seed, "vocab": vocab}, sort_keys=True)
     return default_cache_dir().parent / "t2i" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
