@@ -129,7 +129,13 @@ def test_download_failure_is_a_user_error(monkeypatch):
 
 def test_models_command_lists_architectures(capsys):
     assert main(["models", "--filter", "clipprobe"]) == 0
-    assert capsys.readouterr().out.split() == ["clipprobe-small", "clipprobe-tiny"]
+    assert capsys.readouterr().out.split() == [
+        "clipprobe-small",
+        "clipprobe-tiny",
+        "clipprobe-tiny-bidir",
+        "clipprobe-tiny-bidir-first",
+        "clipprobe-tiny-last",
+    ]
     main(["models", "--filter", "ViT-B-16-SigLIP", "--pretrained"])
     assert "ViT-B-16-SigLIP  webli" in capsys.readouterr().out.splitlines()
 

@@ -241,6 +241,7 @@ def test_run_evaluation_text_and_image(tmp_path):
     assert set(available_probes()) == {
         "tor",
         "toc",
+        "t2i",
         "mitigation",
         "size_claim",
         "ior",

@@ -411,6 +411,10 @@ def ensure_probe_set(kind: str, /, cache_dir: str | os.PathLike | None = None, *
         )
     run = {k: params.pop(k) for k in RUN_OPTIONS if k in params}
     cfg = resolve_config(kind, **params)
+    if run.get("workers") is not None:  # checked before the cache (or its lock file) is touched
+        from clipprobe.data.limits import check_workers
+
+        check_workers(run["workers"], os.cpu_count() or 1)
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"{kind}-{cfg.key()[:16]}"
     if not (path / MANIFEST).is_file():
