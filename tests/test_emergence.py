@@ -130,6 +130,11 @@ def test_experiment_end_to_end(tmp_path: Path) -> None:
     main(argv)
     assert alone.stat().st_mtime_ns == alone_mtime  # the finished task was not redone
     assert sorted(p.name for p in out.iterdir()) == ["emergence.png", "records.jsonl", "results.md", "timing.json"]
+    timing = json.loads((out / "timing.json").read_text())
+    kept = json.loads((alone.parents[1] / "experiment-timing.json").read_text())["train_and_probes"]
+    assert timing["bidir_aug/seed1"]["train_and_probes"] == kept > 0  # the time it took when it ran
+    assert timing["bidir_aug/seed1"]["reused"] is True
+    assert timing["size_first_p1/seed0"]["reused"] is False and timing["size_first_p1/seed0"]["train_and_probes"] > 0
     records = read_records(out / "records.jsonl")
     assert {r.source for r in records} == {"experiment"}
     for name in ("size_first_p1", "bidir_aug"):

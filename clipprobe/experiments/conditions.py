@@ -262,8 +262,9 @@ def tasks(conditions: list[Condition], s: Settings) -> list[tuple[Condition, int
 
 def run_condition(
     cond: Condition, seed: int, s: Settings, work: Path, probe_set: Path
-) -> tuple[list[Any], dict[str, float]]:
-    """Corpora and probed training of one condition and seed: its records and the seconds of each part."""
+) -> tuple[list[Any], dict[str, Any]]:
+    """Corpora and probed training of one condition and seed: its records and the seconds of each part (a
+    finished run's training time as it was measured when it ran)."""
     from clipprobe.data.corpus import GENERATOR_VERSION
     from clipprobe.evaluation.records import read_records
 
@@ -275,9 +276,25 @@ def run_condition(
     corpus = _corpus(cond, s, work / "corpora" / f"{cond.policy}-s{seed}", s.num_samples, seed)
     heldout = _corpus(cond, s, work / "corpora" / f"{cond.policy}-s{seed}-heldout", s.heldout_samples, seed + 1)
     t1 = time.perf_counter()
+    finished = _last_step(run) >= s.steps
     train(cond, s, seed, corpus, heldout, probe_set, run)
     records = read_records(run / "probes.jsonl")
-    return records, {"data": t1 - t0, "train_and_probes": time.perf_counter() - t1}
+    return records, {"data": t1 - t0, **_train_seconds(run, None if finished else time.perf_counter() - t1)}
+
+
+def _train_seconds(run: Path, seconds: float | None) -> dict[str, Any]:
+    """The run's training-and-probing seconds: measured now (kept in ``<run>/experiment-timing.json``), or, for a
+    run finished earlier, as kept then (None when it was trained before timings were kept)."""
+    from clipprobe.fileio import atomic_write_json
+
+    kept = run / "experiment-timing.json"
+    if seconds is not None:
+        atomic_write_json(kept, {"train_and_probes": seconds})
+        return {"train_and_probes": seconds, "reused": False}
+    try:
+        return {"train_and_probes": json.loads(kept.read_text(encoding="utf-8"))["train_and_probes"], "reused": True}
+    except (OSError, ValueError, KeyError):
+        return {"train_and_probes": None, "reused": True}
 
 
 def panels(s: Settings) -> list[Any]:
