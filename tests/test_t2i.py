@@ -217,6 +217,19 @@ def test_a_detector_scores_boxes(tmp_path: Path) -> None:
     assert "detector_sha256" in asked_options("t2i", {"detector": str(detector)}, 0)
 
 
+def test_a_name_the_detector_cannot_take_is_refused_before_drawing(tmp_path: Path) -> None:
+    """OWL-ViT's text tower here takes 16 positions: a longer vocabulary name is one line, and nothing is drawn."""
+    _tiny_sd_pipeline(tmp_path / "sd")
+    detector = _tiny_owlvit(tmp_path / "owl", tmp_path / "sd" / "tok")
+    long = "very " * 20 + "big dog"
+    ctx = ProbeContext(ColourEncoder(), None, [*NAMES, long], {"pipeline": "t2i_planted:first_large",
+                       "detector": str(detector), "num_sets": 1}, 0, False)  # fmt: skip
+    with pytest.raises(UserError, match="cannot take the vocabulary name 'very very") as e:
+        PROBES["t2i"].fn(ctx)
+    assert "\n" not in str(e.value) and "at most 16" in str(e.value)
+    assert not (tmp_path / "cache" / "t2i").exists()  # refused before any image was drawn
+
+
 def test_a_detector_that_cannot_be_loaded_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="cannot be loaded as a zero-shot object detector") as e:
         run(ColourEncoder(), pipeline="t2i_planted:first_large", num_sets=1, templates=["bare"], images_per_prompt=1,

@@ -4,8 +4,9 @@ dominate the image a text-to-image model draws?
 Prompts name n objects of the vocabulary (``num_sets`` seeded n-subsets) in every order, in each template, and
 each prompt is drawn with ``images_per_prompt`` seeds by a generator: a diffusers text-to-image pipeline (a hub id
 or a local folder: ``AutoPipelineForText2Image``, its own scheduler, ``steps`` and ``guidance`` fixed and
-recorded) or a plugged-in callable (``package.module:factory``, the factory returning ``(prompt, seed, size) ->
-PIL image``). Images are written once into a cache keyed by everything that made them.
+recorded), a folder of clipprobe's tiny t2i model (:mod:`clipprobe.models.diffusion`), or a plugged-in callable
+(``package.module:factory``, the factory returning ``(prompt, seed, size) -> PIL image``). Images are written
+once into a cache keyed by everything that made them (in batches when the generator can draw several at once).
 
 Prominence is scored by the probed CLIP itself (``detector: clip``, always available): an image's embedding
 against the text embeddings of the prompt's objects (as I2TOR), the nearest being the *prominent* object, and an
@@ -43,6 +44,7 @@ from clipprobe.probes.common import check_option, encode_unique, parse_options, 
 from clipprobe.probes.stats import Z95, put_mean, put_share
 
 Generator = Callable[[str, int, int | None], Any]  # (prompt, seed, size) -> PIL image
+DRAW_BATCH = 32  # images drawn at once by a generator that can batch
 
 
 @probe_options("t2i")
@@ -107,6 +109,7 @@ class LoadedGenerator:
 
     draw: Generator
     describe: dict[str, Any]
+    many: Callable[[list[str], list[int], int | None], list[Any]] | None = None  # a batch at once, if it can
 
 
 def _is_plugin(spec: str) -> bool:
@@ -131,6 +134,16 @@ def load_generator(opts: T2iOptions, device: str) -> LoadedGenerator:
             raise UserError(f"t2i pipeline {spec}: cannot import it ({e}); give module:factory on the Python path") \
                 from None  # fmt: skip
         return LoadedGenerator(factory(), {"kind": "plugin", "name": spec})
+    from clipprobe.models.diffusion import TinyT2I, is_tiny_t2i
+
+    local = Path(spec).expanduser()
+    if local.is_dir() and is_tiny_t2i(local):  # clipprobe's own tiny pixel-space model (scripts/t2i_demo.py)
+        if opts.dtype != "float32":
+            raise UserError(f"t2i pipeline {spec} is a clipprobe tiny t2i model, which draws in float32: drop dtype")
+        tiny = TinyT2I(local, device, opts.steps, opts.guidance)
+        return LoadedGenerator(tiny, {"kind": "folder", "path": str(local.resolve()), "sha256": _folder_sha(local),
+                                      "pipeline": "clipprobe.TinyT2I", "scheduler": type(tiny.scheduler).__name__,
+                                      "dtype": opts.dtype}, many=tiny.many)  # fmt: skip
     return _load_diffusers(spec, opts, device)
 
 
@@ -223,17 +236,27 @@ def draw_images(gen: LoadedGenerator, items: list[Prompt], opts: T2iOptions, see
     from clipprobe.fileio import atomic_write_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for p in tqdm(items, desc="t2i prompts", disable=not progress, leave=False):
+    out, todo = [], []
+    for p in items:
         for j in range(opts.images_per_prompt):
             image_seed = int.from_bytes(hashlib.sha256(f"{seed}:{p.set_index}:{j}".encode()).digest()[:4], "big")
             path = folder / f"{p.set_index:04d}-{'_'.join(p.objects).replace(' ', '-')}-{p.template}-{j}.png"
+            out.append((p, image_seed, path))
             if not path.is_file():
-                image = gen.draw(p.text, image_seed, opts.size)
+                todo.append((p, image_seed, path))
+    chunk = DRAW_BATCH if gen.many is not None else 1
+    with tqdm(total=len(todo), desc="t2i images", disable=not progress or not todo, leave=False) as bar:
+        for i in range(0, len(todo), chunk):
+            part = todo[i : i + chunk]
+            if gen.many is not None:
+                images = gen.many([p.text for p, _, _ in part], [s for _, s, _ in part], opts.size)
+            else:
+                images = [gen.draw(p.text, s, opts.size) for p, s, _ in part]
+            for (_, _, path), image in zip(part, images, strict=True):
                 buf = io.BytesIO()
                 image.convert("RGB").save(buf, format="PNG")
                 atomic_write_bytes(path, buf.getvalue())
-            out.append((p, image_seed, path))
+            bar.update(len(part))
     return out
 
 
@@ -278,14 +301,14 @@ def clip_scores(ctx: ProbeContext, images: list[tuple[Prompt, int, Path]], vocab
     return out
 
 
-def detector_scores(spec: str, images: list[tuple[Prompt, int, Path]], threshold: float, device: str) -> list[Score]:
-    """A transformers zero-shot-object-detection pipeline as scorer (candidate labels: the prompt's objects).
+def load_detector(spec: str, vocab: list[str], device: str) -> Any:
+    """The transformers zero-shot-object-detection pipeline ``spec``, checked to take every vocabulary name
+    (loaded before any image is drawn, so a bad detector costs no drawing).
 
     Raises:
-        UserError: the detector cannot be loaded (offline without a local folder), or is not a detector.
+        UserError: the detector cannot be loaded (offline without a local folder), is not a detector, or a
+            vocabulary name is longer than its text encoder takes.
     """
-    from PIL import Image
-
     try:
         from transformers import pipeline as hf_pipeline
 
@@ -294,6 +317,30 @@ def detector_scores(spec: str, images: list[tuple[Prompt, int, Path]], threshold
         raise UserError(f"t2i detector {spec} cannot be loaded as a zero-shot object detector "
                         f"({' '.join(str(e).split())[:160]}); use detector: clip, or a local detector folder") \
             from None  # fmt: skip
+    tokenizer = getattr(detect, "tokenizer", None)
+    limit = _text_limit(detect)
+    if tokenizer is not None and limit:
+        for name in vocab:
+            length = len(tokenizer(name)["input_ids"])  # the pipeline tokenizes each label as it is
+            if length > limit:
+                raise UserError(f"t2i detector {spec} cannot take the vocabulary name {name!r} ({length} tokens, at "
+                                f"most {limit}); shorten it in --vocab or use detector: clip")  # fmt: skip
+    return detect
+
+
+def _text_limit(detect: Any) -> int | None:
+    """The detector's text length limit in tokens (its text config's positions), if it says."""
+    config = getattr(getattr(detect, "model", None), "config", None)
+    text = getattr(config, "text_config", None)
+    limit = getattr(text, "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) else None
+
+
+def detector_scores(detect: Any, images: list[tuple[Prompt, int, Path]], threshold: float) -> list[Score]:
+    """A transformers zero-shot-object-detection pipeline (:func:`load_detector`) as scorer (candidate labels: the
+    prompt's objects)."""
+    from PIL import Image
+
     out = []
     for prompt, _, path in images:
         with Image.open(path) as im:
@@ -350,6 +397,7 @@ def t2i(ctx: ProbeContext) -> ProbeResult:
     seed = ctx.seed if opts.seed is None else opts.seed
     vocab = resolve_vocab(ctx)
     device = str(getattr(ctx.encoder, "device", "cpu"))
+    detect = None if opts.detector == "clip" else load_detector(opts.detector, vocab, device)
     gen = load_generator(opts, device)
     items = prompts(vocab, opts, seed)
     folder = image_folder(gen, opts, seed, vocab)
@@ -357,7 +405,7 @@ def t2i(ctx: ProbeContext) -> ProbeResult:
     if opts.detector == "clip":
         scores = clip_scores(ctx, images, vocab)
     else:
-        scores = detector_scores(opts.detector, images, opts.threshold, device)
+        scores = detector_scores(detect, images, opts.threshold)
     result = ProbeResult("t2i", config={**asdict(opts), "seed": seed, "generator": gen.describe,
                                         "images": str(folder), "num_images": len(images),
                                         "num_prompts": len(items)})  # fmt: skip
