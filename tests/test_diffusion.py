@@ -124,7 +124,11 @@ def test_the_demo_runs_end_to_end_shrunk(tmp_path: Path) -> None:
     assert "| size_first |" in table and "| random |" in table
     unet = tmp_path / "work" / "t2i" / "size_first" / "unet" / "diffusion_pytorch_model.safetensors"
     before = unet.stat().st_mtime_ns
+    first = json.loads((tmp_path / "docs" / "timing.json").read_text())
+    assert first["built"] == first["this_call"] and first["built"]["total_min"] > 0
     assert subprocess.run(argv, capture_output=True, env=env, cwd=tmp_path).returncode == 0
     assert unet.stat().st_mtime_ns == before
+    again = json.loads((tmp_path / "docs" / "timing.json").read_text())
+    assert again["built"] == first["built"]  # a rerun reports the minutes of the call that built the models
     other = subprocess.run([*argv, "--clip_steps", "3"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert other.returncode == 2 and "made with other settings" in other.stderr
