@@ -14,8 +14,8 @@
 4. the ``t2i`` probe (``clipprobe eval --t2i_model``) on each, scored by the scorer CLIP, and a grid of
    generations for both orders of a few pairs.
 
-Every stage is skipped when its output is already there (rerun to resume); ``--jobs 2`` runs two trainings at
-once, one thread each. Writes ``results.md``, ``grid.png``, ``records/``, ``models.json`` and ``timing.json`` (minutes
+Every stage is skipped when its output is already there (rerun to resume); ``--jobs 3`` (the default) trains the
+three CLIPs at once, then the two denoisers side by side, one thread each. Writes ``results.md``, ``grid.png``, ``records/``, ``models.json`` and ``timing.json`` (minutes
 per stage: ``built``, of the call that finished the work folder, and ``this_call``) into ``--out``.
 """
 
@@ -173,10 +173,10 @@ def main() -> None:
     td.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="docs/t2i", help="results folder (results.md, grid.png, records/)")
     ap.add_argument("--work", default="work/t2i-demo", help="corpora, models and logs (reused when rerun)")
-    ap.add_argument("--jobs", type=int, default=2, help="trainings at once (one thread each)")
+    ap.add_argument("--jobs", type=int, default=3, help="trainings at once (one thread each)")
     ap.add_argument("--corpus_scale", type=float, default=1.0, help="corpus sizes x this (a quick check: 0.01)")
     ap.add_argument("--clip_steps", type=int, default=1000, help="steps of each tiny CLIP (batch 128)")
-    ap.add_argument("--denoiser_steps", type=int, default=2000, help="steps of each denoiser")
+    ap.add_argument("--denoiser_steps", type=int, default=1500, help="steps of each denoiser")
     ap.add_argument("--batch_size", type=int, default=32, help="denoiser batch")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda: CLIPs in bf16-mixed, denoisers in bf16 autocast")
     ap.add_argument("--num_sets", type=int, default=20, help="object pairs probed (each in both orders)")
@@ -208,14 +208,11 @@ def main() -> None:
     t1 = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         clips: dict[str, Future[Path]] = {}
-        for name in ("size_first", "random"):
+        for name in ("size_first", "random", "scorer"):  # FIFO: the CLIPs first, each denoiser after its encoder
             corpus, seed = CLIPS[name]
             clips[name] = pool.submit(fit, name, data[corpus], seed, work, args.clip_steps, args.device)
-        # FIFO over two workers: both encoders, then both denoisers (the longest jobs, side by side), then the scorer
         models = {k: pool.submit(lambda k=k: denoiser(k, clips[k].result(), data["t2i"], work, args))
                   for k in ("size_first", "random")}  # fmt: skip
-        corpus, seed = CLIPS["scorer"]
-        clips["scorer"] = pool.submit(fit, "scorer", data[corpus], seed, work, args.clip_steps, args.device)
         ready = {k: f.result() for k, f in models.items()}
         scorer = clips["scorer"].result()
         timing["trainings_min"] = (time.perf_counter() - t1) / 60
