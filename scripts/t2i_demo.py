@@ -22,6 +22,7 @@ per stage: ``built``, of the call that finished the work folder, and ``this_call
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -118,9 +119,11 @@ def denoiser(name: str, encoder: Path, corpus: Path, work: Path, args: argparse.
 
 
 def probe(name: str, model: Path, scorer: Path, vocab: Path, work: Path, args: argparse.Namespace) -> Path:
-    records = work / "records" / name
     options = {"t2i": {"n": 2, "num_sets": args.num_sets, "images_per_prompt": args.images_per_prompt,
                        "steps": 25, "guidance": args.guidance, "seed": 0}}  # fmt: skip
+    # one folder per probe setting: a rerun with other options must not leave two records for the table to mix
+    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+    records = work / "records" / f"{name}-{key}"
     sh([sys.executable, "-m", "clipprobe.cli", "eval", "--pretrained", str(scorer), "--probes", "t2i", "--device", args.device,
         "--t2i_model", str(model), "--vocab", str(vocab), "--options", json.dumps(options), "--out", str(records),
         "--progress", "false", "--skip_existing", "true"], work / "logs" / f"probe-{name}.log")  # fmt: skip
