@@ -36,7 +36,7 @@ from clipprobe.fileio import atomic_write_json, atomic_write_text
 from clipprobe.models.export import ExportingCheckpoint, last_checkpoint
 from clipprobe.training import runfolder, slurm
 from clipprobe.training.loggers import CSVResume, fill_logger_dirs, fill_run_identity, slurm_run_id
-from clipprobe.training.module import CLIPModule
+from clipprobe.training.module import CLIPModule, logging_step
 
 LOOKUP_CKPT = ("last", "hpc", "best", "registry")  # ckpt_path values Lightning resolves itself
 
@@ -66,7 +66,10 @@ class StepTimer(L.Callback):
 
     Logs ``perf/samples_per_sec`` (all processes) and ``perf/data_wait_share`` (time between the end
     of one step and the start of the next, over the whole step cycle), and writes
-    ``<default_root_dir>/perf.json`` at the end, without the first ``warmup`` steps.
+    ``<default_root_dir>/perf.json`` at the end, without the first ``warmup`` steps. Every
+    ``log_every_n_steps`` steps it also logs this process tree's host memory, ``perf/host_rss_gb`` (the
+    main process, its loader workers and the W&B service; Linux), and on CUDA ``perf/gpu_peak_gb`` (the
+    peak of allocated memory so far): a leak shows as a rising curve. ``perf.json`` keeps their maxima.
 
     Args:
         warmup: Steps left out of the summary (start-up, compilation).
@@ -76,6 +79,7 @@ class StepTimer(L.Callback):
         self.warmup = warmup
         self._end: float | None = None
         self._steps, self._cycle, self._wait, self._samples = 0, 0.0, 0.0, 0
+        self._peaks: dict[str, float] = {}
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
         self._start = time.perf_counter()
@@ -86,16 +90,34 @@ class StepTimer(L.Callback):
         if self._end is not None:
             cycle, wait = now - self._end, self._start - self._end
             samples = batch["image"].shape[0] * trainer.world_size
-            pl_module.log_dict({"perf/samples_per_sec": samples / cycle, "perf/data_wait_share": wait / cycle})
+            if logging_step(trainer, trainer.global_step):  # only what the loggers write (each log costs ~1 ms)
+                values = {"perf/samples_per_sec": samples / cycle, "perf/data_wait_share": wait / cycle}
+                pl_module.log_dict({**values, **self._memory(pl_module)})
             self._steps += 1
             if self._steps > self.warmup:
                 self._cycle, self._wait, self._samples = self._cycle + cycle, self._wait + wait, self._samples + samples
         self._end = now
 
+    def _memory(self, pl_module: L.LightningModule) -> dict[str, float]:
+        import torch
+
+        from clipprobe.training.procmem import tree_memory
+
+        values = {}
+        host = tree_memory()
+        if host is not None:
+            values["perf/host_rss_gb"] = host[0] / 1e9
+        if pl_module.device.type == "cuda":
+            values["perf/gpu_peak_gb"] = torch.cuda.max_memory_allocated(pl_module.device) / 1e9
+        for key, value in values.items():
+            self._peaks[key] = max(self._peaks.get(key, 0.0), value)
+        return values
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self._cycle > 0:
             summary = {"steps": self._steps - self.warmup, "samples_per_sec": self._samples / self._cycle,
-                       "data_wait_share": self._wait / self._cycle}  # fmt: skip
+                       "data_wait_share": self._wait / self._cycle,
+                       **{f"peak_{k.removeprefix('perf/')}": v for k, v in self._peaks.items()}}  # fmt: skip
             atomic_write_json(Path(trainer.default_root_dir) / "perf.json", summary)
 
 
