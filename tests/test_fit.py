@@ -65,6 +65,8 @@ def test_run_folder_checkpoints_and_export(tmp_path: Path, corpus: str) -> None:
     ]  # fmt: skip  # full checkpoints pruned to the last 2; exports of every step kept (small-laion's keep_exports)
     assert "model_name: clipprobe-tiny" in (run / "config.yaml").read_text()
     assert _column(metrics, "train/samples_seen")[-1] == 48.0 and len(_column(metrics, "train/loss")) >= 1
+    memory = _column(metrics, "perf/host_rss_gb")  # StepTimer, at the logging cadence (every step here)
+    assert len(memory) >= 5 and all(0.1 < m < 100 for m in memory)
 
     info = json.loads((ckpts / "step=00000006" / "clipprobe.json").read_text())
     assert (info["arch"], info["step"], info["samples_seen"], info["epoch"]) == ("clipprobe-tiny", 6, 48, 0)
@@ -147,6 +149,8 @@ def test_loss_falls_on_the_tiny_recipe(tmp_path: Path, corpus: str) -> None:
                   "--model.warmup_steps", "10")  # fmt: skip
     loss = _column(metrics, "train/loss")
     assert len(loss) == 100
+    peak = json.loads((tmp_path / "run" / "perf.json").read_text())["peak_host_rss_gb"]  # StepTimer's maximum
+    assert peak == pytest.approx(max(_column(metrics, "perf/host_rss_gb")), rel=1e-6)
     first, last = sum(loss[:10]) / 10, sum(loss[-10:]) / 10
     assert last < 0.7 * first, (first, last)
 

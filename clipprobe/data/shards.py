@@ -62,6 +62,9 @@ def _seed(*parts: int) -> int:
 class ShardStream(IterableDataset):
     """Batches ``{"image": [B,3,H,W], "text": [B,T], "skipped": []}`` from tar shards (see module doc).
 
+    Images are whatever ``transform`` returns, stacked: with :class:`ShardDataModule`'s transforms, uint8 pixels,
+    normalised on the device by the data module (:meth:`ShardDataModule.on_after_batch_transfer`).
+
     Set ``start`` (global batch index) before each iteration; the loader yields batches
     ``start .. end of its epoch``. ``skipped`` counts bad samples met since the worker's last batch.
     """
@@ -271,16 +274,59 @@ def peek_keys(urls: list[str], image_keys: list[str], caption_key: str) -> None:
                         "set --data.image_key")  # fmt: skip
 
 
-def _transforms(model_name: str, augment: bool) -> tuple[Callable[[Any], Any], Callable[[Any], Any], Any]:
-    """open_clip's train and eval image transforms and tokenizer for an architecture."""
+def pil_to_uint8(image: Any) -> torch.Tensor:
+    """A PIL RGB image as a ``[3, H, W]`` uint8 tensor (a view: stacking a batch makes it contiguous)."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+class BatchNormalize:
+    """ToTensor's scaling and Normalize for a whole uint8 batch ``[B, 3, H, W]``, on the batch's device.
+
+    The same operations as torchvision's per-image ``ToTensor`` then ``Normalize`` (divide by 255, subtract the mean,
+    divide by the standard deviation, in float32), so the result is the same to the bit; done once per batch after
+    the copy to the device, so loader workers send and the host copies a quarter of the bytes.
+    """
+
+    def __init__(self, mean: Any, std: Any) -> None:
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device not in self._on:
+            shape = (1, len(self.mean), 1, 1)
+            self._on[images.device] = (torch.tensor(self.mean, device=images.device).view(shape),
+                                       torch.tensor(self.std, device=images.device).view(shape))  # fmt: skip
+        mean, std = self._on[images.device]
+        return images.to(torch.float32).div_(255).sub_(mean).div_(std)
+
+
+def split_normalize(transform: Any) -> tuple[Callable[[Any], Any], BatchNormalize | None]:
+    """An open_clip image transform ending in ``MaybeToTensor``/``ToTensor`` and ``Normalize``, split into a
+    per-image part that ends in uint8 tensors and the batch normalisation; any other transform is kept whole."""
+    from torchvision.transforms import Compose, Normalize
+
+    steps = list(getattr(transform, "transforms", []))
+    if (len(steps) >= 2 and isinstance(steps[-1], Normalize) and type(steps[-2]).__name__ in ("MaybeToTensor", "ToTensor")
+            and not isinstance(steps[-1].mean, torch.Tensor)):  # fmt: skip
+        return Compose([*steps[:-2], pil_to_uint8]), BatchNormalize(steps[-1].mean, steps[-1].std)
+    return transform, None
+
+
+def _transforms(model_name: str, augment: bool) -> tuple[Callable[[Any], Any], Callable[[Any], Any], Any,
+                                                          BatchNormalize | None]:  # fmt: skip
+    """open_clip's train and eval image transforms (ending in uint8 tensors where they can), tokenizer, and the batch
+    normalisation that completes them."""
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     from clipprobe.models import create_random_model
 
     cfg = PreprocessCfg(**create_random_model(model_name, device="meta").visual.preprocess_cfg)  # type: ignore[attr-defined]
-    train = image_transform_v2(cfg, is_train=augment)
-    return train, image_transform_v2(cfg, is_train=False), open_clip.get_tokenizer(model_name)
+    train, normalize = split_normalize(image_transform_v2(cfg, is_train=augment))
+    val, val_normalize = split_normalize(image_transform_v2(cfg, is_train=False))
+    if (normalize is None) != (val_normalize is None):  # both uint8 or both float: one normalisation for both
+        train, val, normalize = image_transform_v2(cfg, is_train=augment), image_transform_v2(cfg, is_train=False), None
+    return train, val, open_clip.get_tokenizer(model_name), normalize
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -341,9 +387,25 @@ class ShardDataModule(L.LightningDataModule):
         if stage in ("validate",) or (stage == "fit" and self.hparams.val_data):
             self._built.setdefault("val", self._urls(self.hparams.val_data, "val"))
         if not hasattr(self, "tokenizer"):
-            self.train_transform, self.val_transform, self.tokenizer = _transforms(
+            self.train_transform, self.val_transform, self.tokenizer, self.normalize = _transforms(
                 self.hparams.model_name, self.hparams.augment
             )
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Note the longest caption's length (``text_length``, read on the host: no device sync), so the model can
+        leave out the padding after it (:func:`clipprobe.models.text.encode_text`)."""
+        if isinstance(batch, dict) and isinstance(batch.get("text"), torch.Tensor) and "text_length" not in batch:
+            from clipprobe.models.text import text_length
+
+            batch["text_length"] = text_length(batch["text"])
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise the uint8 images of a batch on its device (:class:`BatchNormalize`)."""
+        image = batch.get("image") if isinstance(batch, dict) else None
+        if image is not None and image.dtype == torch.uint8 and getattr(self, "normalize", None) is not None:
+            batch["image"] = self.normalize(image)
+        return batch
 
     def _ranks(self) -> tuple[int, int, int]:
         t = self.trainer

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from clipprobe.errors import UserError
+from clipprobe.models.text import encode_text, text_length
 
 
 class _EmbeddingCache:
@@ -148,6 +149,7 @@ class CachedEncoder:
         self.rank, self.world_size = rank, world_size
         self.texts_tokenized = self.images_prepared = 0
         self._tokens: dict[str, torch.Tensor] = {}
+        self._paths: dict[str, str] = {}  # path as given -> resolved (kept inputs only)
         self._pixels: dict[str, torch.Tensor] = {}
         self._pixel_bytes = 0
         self._batches: dict[Hashable, list[Any]] = {}
@@ -187,7 +189,7 @@ class CachedEncoder:
         Raises:
             UserError: an image file is missing.
         """
-        keys = [str(Path(p).resolve()) for p in paths]
+        keys = [self._resolved(p) for p in paths]
         new = self._images.missing(keys)
         if new:
             if self.preprocess is None:
@@ -200,6 +202,17 @@ class CachedEncoder:
             self._images.add(new, rows)
             self.images_encoded += len(new)
         return self._images.get(keys)
+
+    def _resolved(self, path: str | os.PathLike) -> str:
+        """The resolved path; remembered when inputs are kept (the training callback asks for the same paths at every
+        evaluation, and resolving walks the file system)."""
+        if not self.keep_inputs:
+            return str(Path(path).resolve())
+        key = os.fspath(path)
+        found = self._paths.get(key)
+        if found is None:
+            found = self._paths[key] = str(Path(path).resolve())
+        return found
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, D] L2-normalised float32 on CPU for preprocessed images ``[B, 3, H, W]`` (a loader's batch); the
@@ -298,7 +311,7 @@ class CachedEncoder:
             tokens = self.tokenizer(texts)
             self.texts_tokenized += len(texts)
         self.text_calls += 1
-        return self.model.encode_text(tokens.to(self.device))
+        return encode_text(self.model, tokens.to(self.device), length=text_length(tokens))  # padding cut (host-side)
 
     def _image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         self.image_calls += 1

@@ -14,11 +14,23 @@ import lightning as L
 import torch
 
 from clipprobe.errors import UserError
+from clipprobe.models.text import encode_text, trims_padding
 
 
 def no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
     """Gains, biases (1-d), the logit scale (0-d) and embeddings (token, positional, class) get no decay."""
     return param.ndim < 2 or "embedding" in name or "logit_scale" in name
+
+
+def logging_step(trainer: Any, step: int) -> bool:
+    """Whether the loggers write the values logged at optimizer step ``step`` (counted from 1: the step being taken):
+    every ``log_every_n_steps``-th, and every step of ``fast_dev_run``. Logging is skipped on the others, where
+    Lightning would only overwrite it: each ``self.log`` costs about a millisecond of Python, 4% of a tiny
+    model's step, and a cross-rank reduction under DDP for ``sync_dist``."""
+    every = int(getattr(trainer, "log_every_n_steps", 1) or 0)
+    if getattr(trainer, "fast_dev_run", False) or every == 1:
+        return True
+    return every > 0 and (step % every == 0 or bool(getattr(trainer, "should_stop", False)))
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -85,9 +97,24 @@ class CLIPModule(L.LightningModule):
         """open_clip's output dict: ``image_features`` [B, D], ``text_features`` [B, D], ``logit_scale`` []."""
         return self.model(image, text)
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self(batch["image"], batch["text"])
+    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        length = batch.get("text_length")
+        if length is not None and not self.hparams.compile and trims_padding(self.model):
+            out = self._forward_trimmed(batch["image"], batch["text"], int(length))
+        else:
+            out = self(batch["image"], batch["text"])
         return self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"]), out["logit_scale"]
+
+    def _forward_trimmed(self, image: torch.Tensor, text: torch.Tensor, length: int) -> dict[str, torch.Tensor]:
+        """open_clip's ``CLIP.forward`` with the text padding after the batch's longest caption left out (the same
+        features and gradients: :mod:`clipprobe.models.text`)."""
+        model = self.model
+        out = {"image_features": model.encode_image(image, normalize=True),
+               "text_features": encode_text(model, text, normalize=True, length=length),
+               "logit_scale": model.logit_scale.exp()}  # fmt: skip
+        if getattr(model, "logit_bias", None) is not None:
+            out["logit_bias"] = model.logit_bias
+        return out
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One contrastive step; logs loss, logit scale, learning rate, samples seen and skipped samples."""
@@ -95,12 +122,13 @@ class CLIPModule(L.LightningModule):
         self.samples_seen += batch["image"].shape[0] * self.trainer.world_size  # equal batches on every rank
         if "skipped" in batch:
             self._skipped = self._skipped.to(batch["skipped"].device) + batch["skipped"]
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else self.hparams.lr
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({"train/logit_scale": scale.detach(), "train/lr": float(lr),
-                       "train/samples_seen": float(self.samples_seen)})  # fmt: skip
-        # every rank logs and reduces its own count: no value computed on rank 0 only (DDP hang trap)
-        self.log("data/skipped_samples", self._skipped.float(), reduce_fx="sum", sync_dist=True)
+        if logging_step(self.trainer, self.trainer.global_step + 1):  # what the loggers write; nothing else
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else self.hparams.lr
+            self.log("train/loss", loss, prog_bar=True)
+            self.log_dict({"train/logit_scale": scale.detach(), "train/lr": float(lr),
+                           "train/samples_seen": float(self.samples_seen)})  # fmt: skip
+            # every rank logs and reduces its own count (the same steps on every rank: no DDP hang)
+            self.log("data/skipped_samples", self._skipped.float(), reduce_fx="sum", sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -121,13 +149,14 @@ class CLIPModule(L.LightningModule):
             self.model.logit_scale.clamp_(0, math.log(self.hparams.logit_scale_max))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW with two parameter groups (decay / no decay) and a per-step warmup-cosine schedule."""
+        """AdamW (fused: :func:`adamw`) with two parameter groups (decay / no decay) and a per-step warmup-cosine
+        schedule."""
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         groups = [
             {"params": [p for n, p in params if not no_weight_decay(n, p)], "weight_decay": self.hparams.weight_decay},
             {"params": [p for n, p in params if no_weight_decay(n, p)], "weight_decay": 0.0},
         ]
-        opt = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=self.hparams.eps)
+        opt = adamw(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=self.hparams.eps)
         total = self.hparams.schedule_steps or int(self.trainer.estimated_stepping_batches)
         warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, floor))
@@ -143,6 +172,18 @@ class CLIPModule(L.LightningModule):
         info = checkpoint.get("clipprobe", {})
         self.samples_seen = int(info.get("samples_seen", 0))
         self._skipped = torch.tensor(int(info.get("skipped", 0)))
+
+
+FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW kernel runs
+
+
+def adamw(groups: list[dict[str, Any]], **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel when every parameter is a floating tensor on the CPU or a CUDA GPU, else the
+    multi-tensor (``foreach``) one: the same update, one kernel for all tensors instead of a Python loop over them
+    (tiny CLIP, one CPU thread: 3 ms a step instead of 30)."""
+    params = [p for group in groups for p in group["params"]]
+    fused = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, **({"fused": True} if fused else {"foreach": True}), **kwargs)
 
 
 def check_hparams(lr: float, weight_decay: float, betas: tuple[float, float], eps: float, warmup_steps: int,
