@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipprobe.data.shards import BatchNormalize, ShardDataModule, _transforms, split_normalize
+from clipprobe.data.shards import BatchNormalize, ShardDataModule, split_normalize
 from clipprobe.training.module import CLIPModule, adamw
 from clipprobe.training.procmem import descendants, tree_memory
 
@@ -63,7 +63,7 @@ def test_data_module_sends_uint8_and_normalises_after_the_transfer(corpus: str) 
     raw = batch["image"].clone()
     out = dm.on_after_batch_transfer(batch, 0)
     assert out["image"].dtype == torch.float32 and out["image"].shape == raw.shape
-    _, val, _, normalize = _transforms("clipprobe-tiny", augment=True)
+    val, normalize = dm.val_transform, dm.normalize
     assert torch.equal(out["image"], normalize(raw))
     again = dm.on_after_batch_transfer(out, 0)  # a float batch (already normalised) is left alone
     assert again["image"] is out["image"]
@@ -102,8 +102,9 @@ def test_adamw_takes_foreach_off_cpu_and_cuda() -> None:
 
 
 def test_tree_memory_counts_children() -> None:
-    alone = tree_memory()
+    alone, alone_pss = tree_memory(), tree_memory(pss=True)
     assert alone is not None and alone[1] >= 1 and alone[0] > 10e6
+    assert alone_pss is not None and 0 < alone_pss[0] <= alone[0] * 1.01
     code = "import time; x = bytearray(300_000_000); x[::4096] = b'1' * len(x[::4096]); time.sleep(30)"
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
@@ -116,7 +117,7 @@ def test_tree_memory_counts_children() -> None:
         assert child.pid in descendants(__import__("os").getpid())
         assert with_child is not None and with_child[1] >= alone[1] + 1 and with_child[0] - alone[0] > 250e6
         pss = tree_memory(pss=True)
-        assert pss is not None and pss[0] - alone[0] > 200e6
+        assert pss is not None and pss[0] - alone_pss[0] > 200e6
     finally:
         child.kill()
         child.wait()
