@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -232,3 +233,15 @@ def test_logging_only_on_logging_steps_keeps_every_written_value(tmp_path: Path,
             "perf/data_wait_share", "perf/host_rss_gb"]  # fmt: skip
     assert all(r.get(k) for r in rows for k in keys), rows
     assert [float(r["train/samples_seen"]) for r in rows] == [12.0, 24.0, 36.0, 48.0]
+
+
+@pytest.mark.parametrize(("precision", "clip", "fused"), [("32-true", 1.0, True), ("bf16-mixed", None, True),
+                                                          ("bf16-mixed", 1.0, False)])  # fmt: skip
+def test_fused_adamw_unless_lightning_amp_clips(precision: str, clip: float | None, fused: bool) -> None:
+    """Lightning's AMP plugin refuses to clip a fused optimizer's gradients: the GPU recipes (bf16-mixed, clipping)
+    get the multi-tensor AdamW, which Lightning clips as before."""
+    module = CLIPModule("clipprobe-tiny", warmup_steps=1, schedule_steps=10)
+    module.trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, gradient_clip_val=clip, logger=False,
+                               enable_progress_bar=False, enable_checkpointing=False)  # fmt: skip
+    opt = module.configure_optimizers()["optimizer"]
+    assert bool(opt.defaults.get("fused")) is fused and bool(opt.defaults.get("foreach")) is not fused
