@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU readiness check, one GPU, under 8 minutes: the small recipe (configs/fit/small-laion.yaml,
+# GPU readiness check, one GPU, sized for under 8 minutes (not yet timed on a GPU): the small recipe (configs/fit/small-laion.yaml,
 # clipprobe-small at 224 px, bf16-mixed) on a synthetic corpus, 200 steps with compile off and on,
 # each with the probe callback (tor and ior on ComCO, zero-shot on comco-objects) at steps 0, 100 and
 # 200; then `clipprobe eval` of the last checkpoint export; then scripts/bench_train.py on the GPU
