@@ -160,7 +160,7 @@ def test_bench_scripts_run(tmp_path: Path) -> None:
         set(result["summary"]["per_config"]) == {"bare", "default"} and "bare / default" in result["summary"]["ratios"]
     )
     run = next(r["long"] for r in result["runs"] if r["config"] == "default")
-    assert run["peak_rss_gb"] > 0.1 and run["processes"] >= 2  # the main process, a loader worker, W&B's service
+    assert run["peak_rss_gb"] > 0.1 and run["peak_pss_gb"] > 0.05 and run["processes"] >= 1  # sampled twice a second
     loader_cmd = [sys.executable, str(ROOT / "scripts/bench_loader.py"), "--out", str(tmp_path), "--samples", "512",
                   "--shard-size", "128", "--batch-size", "8", "--batches", "4", "--workers", "0", "--rounds", "1"]  # fmt: skip
     out = subprocess.run(loader_cmd, check=True, cwd=tmp_path, capture_output=True, text=True, timeout=300).stdout

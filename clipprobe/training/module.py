@@ -156,12 +156,18 @@ class CLIPModule(L.LightningModule):
             {"params": [p for n, p in params if not no_weight_decay(n, p)], "weight_decay": self.hparams.weight_decay},
             {"params": [p for n, p in params if no_weight_decay(n, p)], "weight_decay": 0.0},
         ]
-        opt = adamw(groups, allow_fused=fused_allowed(self.trainer), lr=self.hparams.lr,
+        opt = adamw(groups, allow_fused=fused_allowed(self._attached_trainer()), lr=self.hparams.lr,
                     betas=tuple(self.hparams.betas), eps=self.hparams.eps)  # fmt: skip
         total = self.hparams.schedule_steps or int(self.trainer.estimated_stepping_batches)
         warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, floor))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _attached_trainer(self) -> L.Trainer | None:
+        try:
+            return self.trainer
+        except RuntimeError:  # not attached: built for inspection (tests, tools)
+            return None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the architecture, step and samples seen (read by ``clipprobe eval`` and on resume)."""
